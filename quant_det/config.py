@@ -1,0 +1,106 @@
+"""Every yacs key quant_det adds to detectron2's config, each documented with its allowed values.
+
+`add_quant_det_config(cfg)` adds them to a config returned by `detectron2.config.get_cfg()`;
+nothing here touches detectron2's global defaults. With the defaults below, a model builds and
+behaves exactly like the float detectron2 model (no quantization, FPN without ReLU).
+
+Example:
+    cfg = get_cfg(); add_quant_det_config(cfg); cfg.merge_from_file("configs/digits/fcos_R_18_FPN.yaml")
+"""
+from detectron2.config import CfgNode as CN
+
+WEIGHT_METHODS = ("none", "dorefa", "lsq", "lqnet", "xnor", "ternary")
+ACT_METHODS = ("none", "dorefa", "pact", "lsq", "lqnet")
+MODES = ("qat", "calibrate", "eval")
+
+
+def add_fcos_config(cfg):
+    """MODEL.FCOS: the yacs form of detectron2 0.6's (LazyConfig-only) FCOS; defaults = its lazy config."""
+    cfg.MODEL.FCOS = CN()
+    # Number of foreground classes.
+    cfg.MODEL.FCOS.NUM_CLASSES = 80
+    # FPN levels the head runs on, highest resolution first.
+    cfg.MODEL.FCOS.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    # Number of 3x3 convs in each of the classification and box towers.
+    cfg.MODEL.FCOS.NUM_CONVS = 4
+    # Head-tower normalization: "" (none), "GN" (shared over levels), "BN"/"SyncBN" (one BN per
+    # FPN level, conv weights shared: "Head-BN"), "BN-shared"/"SyncBN-shared" (one BN for all levels).
+    cfg.MODEL.FCOS.NORM = "GN"
+    # Prior probability of the classification bias at init.
+    cfg.MODEL.FCOS.PRIOR_PROB = 0.01
+    # Anchor points within this many strides of a box centre are positives.
+    cfg.MODEL.FCOS.CENTER_SAMPLING_RADIUS = 1.5
+    # Focal loss parameters.
+    cfg.MODEL.FCOS.FOCAL_LOSS_ALPHA = 0.25
+    cfg.MODEL.FCOS.FOCAL_LOSS_GAMMA = 2.0
+    # Inference: minimum sqrt(cls * centerness) score, top-k per level before NMS, NMS IoU.
+    cfg.MODEL.FCOS.SCORE_THRESH_TEST = 0.2
+    cfg.MODEL.FCOS.TOPK_CANDIDATES_TEST = 1000
+    cfg.MODEL.FCOS.NMS_THRESH_TEST = 0.6
+
+
+def add_fpn_bn_config(cfg):
+    """MODEL.FPN.{USE_RELU, TOP_BLOCK_IN_FEATURE}, read by quant_det's P6/P7 FPN backbone builder.
+
+    The norm itself is detectron2's MODEL.FPN.NORM ("", "BN", "SyncBN", "GN", ...).
+    """
+    # Input of the P6/P7 top block: "res5" (RetinaNet paper, detectron2's yacs RetinaNet) or
+    # "p5" (FCOS paper, detectron2's lazy FCOS).
+    cfg.MODEL.FPN.TOP_BLOCK_IN_FEATURE = "res5"
+    # If True, a ReLU follows every FPN output conv and the P6/P7 convs ("FPN-BN" with
+    # MODEL.FPN.NORM "BN"/"SyncBN"/"GN"); the top block then also uses MODEL.FPN.NORM.
+    cfg.MODEL.FPN.USE_RELU = False
+
+
+def add_weight_extra_config(cfg):
+    """MODEL.WEIGHT_EXTRA: double initialization (extra file first, MODEL.WEIGHTS overrides)."""
+    # Checkpoint loaded before MODEL.WEIGHTS (typically the full-precision detector); "" = off.
+    # Skipped when resuming. A missing or unreadable file is an error.
+    cfg.MODEL.WEIGHT_EXTRA = ""
+    # If True, keys whose shape differs from the model are dropped (and reported) instead of
+    # raising an error.
+    cfg.MODEL.WEIGHT_EXTRA_DROP_MISMATCH = False
+
+
+def add_quantization_config(cfg):
+    """MODEL.QUANTIZATION: which layers become low-bit and how. Defaults: off (SCOPE = [])."""
+    q = cfg.MODEL.QUANTIZATION = CN()
+    # Module-path prefixes whose Conv2d/Linear layers are quantized, e.g. ["backbone", "head"].
+    # [] = quantization off. Every entry must name at least one module of the model.
+    q.SCOPE = []
+    # Regexes (re.fullmatch on the module name) of layers inside SCOPE kept full precision.
+    q.SKIP = []
+    # Ordered [regex, weight_bits, act_bits] overrides; the first fullmatch wins, e.g.
+    # [["backbone.bottom_up.stem.conv1", 8, 8]]. Bits in 1..8, or 32 for full precision.
+    q.POLICY = []
+    # "qat": train with fake quantization; "calibrate": post-training range/step and BN-statistic
+    # estimation over CALIB_ITERS batches, no gradients, then save and evaluate; "eval": evaluate a
+    # quantized checkpoint (with --eval-only).
+    q.MODE = "qat"
+    # Number of training batches used by MODE "calibrate".
+    q.CALIB_ITERS = 100
+    q.WEIGHT = CN()
+    # One of WEIGHT_METHODS: "none" | "dorefa" | "lsq" | "lqnet" | "xnor" (binary) | "ternary".
+    q.WEIGHT.METHOD = "none"
+    # Bit width, 1..8.
+    q.WEIGHT.BITS = 4
+    # Number of quantization levels; 0 = 2**BITS; 3 = ternary (needs BITS 2).
+    q.WEIGHT.LEVELS = 0
+    # Per-output-channel step/scale (lsq, xnor, ternary, lqnet) instead of one per tensor.
+    q.WEIGHT.PER_CHANNEL = False
+    q.ACT = CN()
+    # One of ACT_METHODS: "none" | "dorefa" | "pact" | "lsq" | "lqnet".
+    q.ACT.METHOD = "none"
+    # Bit width, 1..8.
+    q.ACT.BITS = 4
+    # Number of quantization levels; 0 = 2**BITS.
+    q.ACT.LEVELS = 0
+
+
+def add_quant_det_config(cfg):
+    """Add all quant_det keys to `cfg` (a detectron2 CfgNode) and return it."""
+    add_fcos_config(cfg)
+    add_fpn_bn_config(cfg)
+    add_weight_extra_config(cfg)
+    add_quantization_config(cfg)
+    return cfg

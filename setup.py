@@ -1,0 +1,24 @@
+"""quant_det: low-bit quantization-aware training of one-stage detectors on stock detectron2.
+
+detectron2 itself is not on PyPI and is therefore not listed in install_requires: `make install`
+builds it (third_party/detectron2/build_wheel.py) or uses one you already have.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="quant_det",
+    version="0.1.0",
+    description="Low-bit QAT (DoReFa, PACT, LSQ, LQ-Net, XNOR) for RetinaNet/FCOS on detectron2",
+    packages=find_packages(include=["quant_det", "quant_det.*"]),
+    python_requires=">=3.8",
+    install_requires=[
+        "torch>=1.10",
+        "torchvision",
+        "fvcore",
+        "pycocotools>=2.0.2",
+        "scikit-learn",  # ships the UCI digits and two photos that digits-det is built from
+        "tabulate",
+        "matplotlib",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+)

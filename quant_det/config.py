@@ -47,8 +47,10 @@ def add_fpn_bn_config(cfg):
     # Input of the P6/P7 top block: "res5" (RetinaNet paper, detectron2's yacs RetinaNet) or
     # "p5" (FCOS paper, detectron2's lazy FCOS).
     cfg.MODEL.FPN.TOP_BLOCK_IN_FEATURE = "res5"
-    # If True, a ReLU follows every FPN output conv and the P6/P7 convs ("FPN-BN" with
-    # MODEL.FPN.NORM "BN"/"SyncBN"/"GN"); the top block then also uses MODEL.FPN.NORM.
+    # If True, a ReLU follows every FPN output conv and the P6/P7 convs. Together with
+    # MODEL.FPN.NORM "BN"/"SyncBN"/"GN" (which quant_det applies to the P6/P7 convs too, whatever
+    # USE_RELU is) this is the "FPN-BN" recipe: FPN outputs become non-negative, like post-ReLU
+    # activations, which suits unsigned activation quantizers in the head.
     cfg.MODEL.FPN.USE_RELU = False
 
 

@@ -1,0 +1,166 @@
+"""Rename the keys of a classification checkpoint into a file detectron2 loads as MODEL.WEIGHTS.
+
+Rules (see rules.py) are anchored regexes; the first rule that fullmatches a key decides its new
+name (or drops it on purpose). Keys no rule matches are "unconverted": reported, and left out of
+the output unless `keep_unmatched`. The output is
+`{"model": {new_key: tensor}, "__author__": "quant_det rename_checkpoint", "matching_heuristics": False}`
+so DetectionCheckpointer loads the names verbatim (no fuzzy name matching).
+
+Example:
+    result = rename_checkpoint("resnet50.pth", "R-50-d2.pth", rule_set="torchvision-resnet",
+                               prefix="backbone.bottom_up.")
+    print(format_report(result))
+"""
+import os
+import pickle
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .checkpointer import atomic_torch_save
+from .rules import RenameRule, collect_rules
+
+AUTHOR = "quant_det rename_checkpoint"
+
+
+@dataclass
+class RenameResult:
+    """The renamed state dict and what happened to every input key."""
+
+    state_dict: "OrderedDict[str, torch.Tensor]"
+    renamed: List[Tuple[str, str]] = field(default_factory=list)  # (old, new), input order
+    dropped: List[Tuple[str, str]] = field(default_factory=list)  # (old, rule origin)
+    unconverted: List[str] = field(default_factory=list)  # no rule matched
+
+
+def rename_state_dict(state_dict: Dict[str, torch.Tensor], rules: Sequence[RenameRule],
+                      prefix: str = "", keep_unmatched: bool = False) -> RenameResult:
+    """Apply `rules` (first fullmatch wins) to every key; prepend `prefix` to renamed keys.
+
+    With `keep_unmatched`, unconverted keys are copied under their old name (no prefix).
+    Raises ValueError if two keys would get the same new name.
+    """
+    result = RenameResult(OrderedDict())
+    origin_of: Dict[str, str] = {}
+    for old, value in state_dict.items():
+        rule = next((r for r in rules if r.pattern.fullmatch(old)), None)
+        if rule is None:
+            result.unconverted.append(old)
+            if not keep_unmatched:
+                continue
+            new = old
+        else:
+            new = rule.rename(old)
+            if new is None:
+                result.dropped.append((old, rule.origin))
+                continue
+            new = prefix + new
+            result.renamed.append((old, new))
+        if new in origin_of:
+            raise ValueError(f"keys {origin_of[new]!r} and {old!r} would both be renamed to {new!r}")
+        origin_of[new] = old
+        result.state_dict[new] = value
+    return result
+
+
+def _as_state_dict(data: Any, path: str) -> "OrderedDict[str, torch.Tensor]":
+    """Unwrap {'model': sd} / {'state_dict': sd} / sd; strip `module.`; arrays -> tensors."""
+    if isinstance(data, dict):
+        for wrapper in ("model", "state_dict"):
+            if isinstance(data.get(wrapper), dict):
+                data = data[wrapper]
+                break
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"{path}: no state dict found (top level is {type(data).__name__})")
+    out = OrderedDict()
+    for key, value in data.items():
+        if isinstance(value, np.ndarray):
+            value = torch.from_numpy(value)
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor; "
+                             f"top-level keys are {sorted(map(str, data))[:10]}")
+        out[key[len("module."):] if key.startswith("module.") else key] = value
+    return out
+
+
+def read_source_state_dict(path: str, unsafe_pickle: bool = False) -> "OrderedDict[str, torch.Tensor]":
+    """Read a checkpoint to rename: .pkl (pickle) or torch files, wrapped or bare.
+
+    torch files are read with `weights_only=True`; checkpoints holding arbitrary Python objects
+    (e.g. argparse namespaces) need `unsafe_pickle=True`, for files you trust only.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"input checkpoint {path!r} not found")
+    try:
+        if path.endswith(".pkl"):
+            with open(path, "rb") as f:
+                data = pickle.load(f, encoding="latin1")
+        else:
+            data = torch.load(path, map_location="cpu", weights_only=not unsafe_pickle)
+    except pickle.UnpicklingError as e:
+        hint = "" if unsafe_pickle else " (if you trust it, retry with --unsafe-pickle)"
+        first_line = re.sub(r"\x1b\[[0-9;]*m", "", str(e).splitlines()[0])  # drop torch's colours
+        raise ValueError(f"cannot read {path!r}{hint}: {first_line}") from e
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f"cannot read {path!r} (truncated, or not a checkpoint?): {e}") from e
+    return _as_state_dict(data, path)
+
+
+def check_output_path(src: str, dst: str, force: bool = False) -> None:
+    """Refuse to overwrite the input (always) or an existing file (unless `force`)."""
+    if not dst.endswith(".pth"):
+        raise ValueError(f"output {dst!r} must end in .pth (detectron2 reads .pkl files as pickles)")
+    if os.path.exists(dst):
+        if os.path.exists(src) and os.path.samefile(src, dst):
+            raise ValueError(f"refusing to overwrite the input checkpoint {src!r}")
+        if not force:
+            raise ValueError(f"output {dst!r} exists; pass force=True (--force) to overwrite it")
+
+
+def save_detectron2_weights(state_dict: Dict[str, torch.Tensor], path: str) -> None:
+    """Atomically save `state_dict` as a detectron2 MODEL.WEIGHTS file, names taken verbatim."""
+    atomic_torch_save(
+        {"model": dict(state_dict), "__author__": AUTHOR, "matching_heuristics": False}, path
+    )
+
+
+def rename_checkpoint(src: str, dst: Optional[str] = None, *, rule_set: Optional[str] = None,
+                      mapping_files: Sequence[Tuple[str, str]] = (), regex_rules: Sequence[str] = (),
+                      prefix: str = "", keep_unmatched: bool = False, dry_run: bool = False,
+                      force: bool = False, unsafe_pickle: bool = False) -> RenameResult:
+    """Read `src`, rename its keys, and (unless `dry_run`) write `dst`; return the RenameResult.
+
+    Rules: `mapping_files` pairs (FROM.txt, TO.txt), then `regex_rules` ('REGEX=>REPLACEMENT'),
+    then the built-in `rule_set` (see rules.RULE_SETS); the first fullmatch wins.
+    """
+    rules = collect_rules(rule_set, mapping_files, regex_rules)
+    if not rules:
+        raise ValueError("no rules: give rule_set, mapping_files or regex_rules")
+    if not dry_run:
+        if not dst:
+            raise ValueError("an output path is required unless dry_run")
+        check_output_path(src, dst, force)
+    result = rename_state_dict(read_source_state_dict(src, unsafe_pickle), rules, prefix,
+                               keep_unmatched)
+    if not result.state_dict:
+        raise ValueError(f"no key of {src!r} was converted; check the rules "
+                         f"(first keys: {result.unconverted[:5]})")
+    if not dry_run:
+        save_detectron2_weights(result.state_dict, dst)
+    return result
+
+
+def format_report(result: RenameResult) -> str:
+    """'old -> new' per renamed key, then dropped and unconverted keys, then counts."""
+    lines = [f"{old} -> {new}" for old, new in result.renamed]
+    lines += [f"{old} -> (dropped by {origin})" for old, origin in result.dropped]
+    if result.unconverted:
+        lines.append(f"unconverted ({len(result.unconverted)}):")
+        lines += [f"  {key}" for key in result.unconverted]
+    lines.append(f"{len(result.renamed)} renamed, {len(result.dropped)} dropped, "
+                 f"{len(result.unconverted)} unconverted")
+    return "\n".join(lines)

@@ -1,0 +1,3 @@
+from .quant_conv import QuantConv2d, QuantLinear
+
+__all__ = ["QuantConv2d", "QuantLinear"]

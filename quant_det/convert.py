@@ -1,0 +1,189 @@
+"""`convert_to_quantization(model, cfg)`: swap the Conv2d/Linear layers in SCOPE for quantized ones.
+
+Which layers, and at which precision, is decided by MODEL.QUANTIZATION (see config.py):
+  * a Conv2d (detectron2's wrapper or plain `nn.Conv2d`, e.g. RetinaNet/FCOS predictor convs) or
+    `nn.Linear` is a candidate if its name equals a SCOPE prefix or starts with "<prefix>.";
+  * SKIP regexes (re.fullmatch on the name) keep a candidate full precision;
+  * the first POLICY entry [regex, weight_bits, act_bits] whose regex fullmatches the name sets its
+    bit widths (32 = that side stays float); otherwise WEIGHT.BITS / ACT.BITS apply.
+One table logs every Conv2d/Linear of the model: what it became, or why it stayed float.
+"""
+import logging
+import re
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+from tabulate import tabulate
+from torch import nn
+
+from .config import ACT_METHODS, MODES, WEIGHT_METHODS
+from .layers import QuantConv2d, QuantLinear
+from .quantizers import build_quantizer
+
+logger = logging.getLogger(__name__)
+KEY = "MODEL.QUANTIZATION"
+FLOAT_BITS = 32
+
+
+def _check_bits(key, bits, allow_float=False):
+    ok = isinstance(bits, int) and (1 <= bits <= 8 or (allow_float and bits == FLOAT_BITS))
+    if not ok:
+        allowed = "an int in 1..8" + (" or 32 (full precision)" if allow_float else "")
+        raise ValueError(f"{key}={bits!r} is invalid: allowed {allowed}")
+
+
+def _check_method(key, method, allowed):
+    if method not in allowed:
+        raise ValueError(f"{key}={method!r} is not a known method; allowed: {', '.join(allowed)}")
+
+
+def _compile(key, pattern):
+    try:
+        return re.compile(pattern)
+    except (re.error, TypeError) as e:
+        raise ValueError(f"{key} entry {pattern!r} is not a valid regex: {e}") from None
+
+
+@dataclass(frozen=True)
+class QuantizationSpec:
+    """Validated MODEL.QUANTIZATION; `QuantizationSpec.from_config(cfg)` raises on bad values."""
+
+    scope: Tuple[str, ...] = ()
+    skip: Tuple[str, ...] = ()
+    policy: Tuple[Tuple[str, int, int], ...] = ()
+    mode: str = "qat"
+    calib_iters: int = 100
+    weight_method: str = "none"
+    weight_bits: int = 4
+    weight_levels: int = 0
+    per_channel: bool = False
+    act_method: str = "none"
+    act_bits: int = 4
+    act_levels: int = 0
+
+    @classmethod
+    def from_config(cls, cfg) -> "QuantizationSpec":
+        q = cfg.MODEL.QUANTIZATION
+        spec = cls(
+            scope=tuple(q.SCOPE), skip=tuple(q.SKIP),
+            policy=tuple(tuple(p) if isinstance(p, (list, tuple)) else p for p in q.POLICY),
+            mode=q.MODE, calib_iters=q.CALIB_ITERS,
+            weight_method=q.WEIGHT.METHOD, weight_bits=q.WEIGHT.BITS,
+            weight_levels=q.WEIGHT.LEVELS, per_channel=q.WEIGHT.PER_CHANNEL,
+            act_method=q.ACT.METHOD, act_bits=q.ACT.BITS, act_levels=q.ACT.LEVELS,
+        )
+        spec.validate()
+        return spec
+
+    @property
+    def enabled(self) -> bool:
+        return len(self.scope) > 0
+
+    def validate(self):
+        """Raise ValueError naming the MODEL.QUANTIZATION key, its value and the allowed choices."""
+        for i, s in enumerate(self.scope):
+            if not isinstance(s, str) or not s:
+                raise ValueError(f"{KEY}.SCOPE[{i}]={s!r}: must be a non-empty module-path prefix")
+        for pattern in self.skip:
+            _compile(f"{KEY}.SKIP", pattern)
+        for i, entry in enumerate(self.policy):
+            key = f"{KEY}.POLICY[{i}]"
+            if not (isinstance(entry, tuple) and len(entry) == 3 and isinstance(entry[0], str)):
+                raise ValueError(f"{key}={entry!r} is malformed: expected [regex, weight_bits, act_bits]")
+            _compile(key, entry[0])
+            _check_bits(f"{key} weight_bits", entry[1], allow_float=True)
+            _check_bits(f"{key} act_bits", entry[2], allow_float=True)
+        _check_method(f"{KEY}.MODE", self.mode, MODES)
+        if not isinstance(self.calib_iters, int) or self.calib_iters < 1:
+            raise ValueError(f"{KEY}.CALIB_ITERS={self.calib_iters!r}: allowed an int >= 1")
+        _check_method(f"{KEY}.WEIGHT.METHOD", self.weight_method, WEIGHT_METHODS)
+        _check_method(f"{KEY}.ACT.METHOD", self.act_method, ACT_METHODS)
+        _check_bits(f"{KEY}.WEIGHT.BITS", self.weight_bits)
+        _check_bits(f"{KEY}.ACT.BITS", self.act_bits)
+        for side, bits, levels in (("WEIGHT", self.weight_bits, self.weight_levels),
+                                   ("ACT", self.act_bits, self.act_levels)):
+            if not isinstance(levels, int) or not (levels == 0 or 2 <= levels <= 2 ** bits):
+                raise ValueError(
+                    f"{KEY}.{side}.LEVELS={levels!r} is inconsistent with {KEY}.{side}.BITS={bits}: "
+                    f"allowed 0 (= 2**BITS) or 2..{2 ** bits}")
+
+    def bits_for(self, name: str) -> Tuple[int, int, Optional[str]]:
+        """Return (weight_bits, act_bits, matching POLICY regex or None) for a layer name."""
+        for pattern, wbits, abits in self.policy:
+            if re.fullmatch(pattern, name):
+                return wbits, abits, pattern
+        return self.weight_bits, self.act_bits, None
+
+
+def _in_scope(name: str, scope) -> bool:
+    return any(name == s or name.startswith(s + ".") for s in scope)
+
+
+def _make_quantizer(method, role, bits, levels, per_channel=False, num_channels=1):
+    if bits == FLOAT_BITS:
+        return build_quantizer("none", role, 8)
+    # A POLICY override of the bit width resets LEVELS to 2**bits.
+    return build_quantizer(method, role, bits, levels=levels, per_channel=per_channel,
+                           num_channels=num_channels)
+
+
+def quantize_module(module: nn.Module, name: str, spec: QuantizationSpec, wbits: int, abits: int):
+    """Return the quantized replacement of one Conv2d/Linear `module`."""
+    levels_w = spec.weight_levels if wbits == spec.weight_bits else 0
+    levels_a = spec.act_levels if abits == spec.act_bits else 0
+    wq = _make_quantizer(spec.weight_method, "weight", wbits, levels_w, spec.per_channel,
+                         module.weight.shape[0])
+    aq = _make_quantizer(spec.act_method, "act", abits, levels_a)
+    cls = QuantConv2d if isinstance(module, nn.Conv2d) else QuantLinear
+    return cls.from_float(module, wq, aq)
+
+
+def convert_to_quantization(model: nn.Module, cfg) -> List[Tuple[str, ...]]:
+    """Swap the layers selected by cfg.MODEL.QUANTIZATION in place; return the logged table rows.
+
+    Does nothing (and returns []) when SCOPE is empty, so default configs give the float model.
+    """
+    spec = QuantizationSpec.from_config(cfg)
+    if not spec.enabled:
+        return []
+    return quantize_model(model, spec)
+
+
+def quantize_model(model: nn.Module, spec: QuantizationSpec) -> List[Tuple[str, ...]]:
+    """Implementation of convert_to_quantization for an already validated spec."""
+    names = [n for n, _ in model.named_modules()]
+    for i, s in enumerate(spec.scope):
+        if not any(_in_scope(n, [s]) for n in names):
+            top = sorted({n.split(".")[0] for n in names if n})
+            raise KeyError(f"{KEY}.SCOPE[{i}]={s!r} names no module of the model; "
+                           f"top-level modules are: {', '.join(top)}")
+    skips = [re.compile(p) for p in spec.skip]
+    rows = []
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, (nn.Conv2d, nn.Linear)) or isinstance(
+                module, (QuantConv2d, QuantLinear)):
+            continue
+        kind = type(module).__name__
+        if not _in_scope(name, spec.scope):
+            rows.append((name, kind, "float", "float", "outside SCOPE"))
+            continue
+        skip = next((p.pattern for p in skips if p.fullmatch(name)), None)
+        if skip is not None:
+            rows.append((name, kind, "float", "float", f"SKIP {skip!r}"))
+            continue
+        wbits, abits, rule = spec.bits_for(name)
+        new = quantize_module(module, name, spec, wbits, abits)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, new)
+        rows.append((name, kind, _describe(new.weight_quantizer), _describe(new.input_quantizer),
+                     f"POLICY {rule!r}" if rule else ""))
+    logger.info("convert_to_quantization:\n" + tabulate(
+        rows, headers=["module", "type", "weight", "activation", "note"], tablefmt="pipe"))
+    return rows
+
+
+def _describe(quantizer) -> str:
+    if quantizer.method == "none":
+        return "float"
+    return f"{quantizer.method}/{quantizer.bits}b" + (
+        f"/{quantizer.levels}L" if quantizer.levels != 2 ** quantizer.bits else "")

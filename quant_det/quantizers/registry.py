@@ -1,0 +1,199 @@
+"""The `Quantizer` base classes, the `QUANTIZERS` registry, `build_quantizer` and `set_calibration`.
+
+`QUANTIZERS` maps a method name ("none", "dorefa", "pact", "lsq", "lqnet", "xnor", "ternary") to a
+`Quantizer` subclass. Every registered class is called as
+
+    cls(role: str, bits: int, levels: int = 0, per_channel: bool = False, num_channels: int = 1)
+
+and validates the arguments it cannot support with a `ValueError` naming argument, value and the
+allowed choices. `build_quantizer` additionally checks the method against the role's list in
+`quant_det.config` (WEIGHT_METHODS / ACT_METHODS).
+"""
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..config import ACT_METHODS, WEIGHT_METHODS
+
+ROLES = ("weight", "act")
+METHODS_BY_ROLE = {"weight": WEIGHT_METHODS, "act": ACT_METHODS}
+QUANTIZERS = {}
+
+
+def register_quantizer(name):
+    """Class decorator: `QUANTIZERS[name] = cls` and `cls.method = name`."""
+
+    def wrap(cls):
+        cls.method = name
+        QUANTIZERS[name] = cls
+        return cls
+
+    return wrap
+
+
+def invalid(name, value, allowed, why=""):
+    """ValueError "name=value is not allowed (why); allowed: ..." (the config layer prefixes the key)."""
+    reason = f" ({why})" if why else ""
+    return ValueError(f"{name}={value!r} is not allowed{reason}; allowed: {allowed}")
+
+
+def resolve_levels(bits, levels):
+    """Number of quantization levels: `levels`, or 2**bits when `levels` is 0.
+
+    Raises ValueError unless bits is an int in 1..8 and levels is 0 or an int in 2..2**bits.
+    """
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
+        raise invalid("bits", bits, "an int in 1..8")
+    if isinstance(levels, bool) or not isinstance(levels, int) or not (levels == 0 or 2 <= levels <= 2**bits):
+        raise invalid("levels", levels, f"0 (= 2**bits) or an int in 2..{2 ** bits} for bits={bits}")
+    return levels or 2**bits
+
+
+def sync_mean(tensor):
+    """Average `tensor` in place over all processes when torch.distributed is running; returns it.
+
+    Data-driven initial values of Parameters must agree across DDP ranks (DDP never re-broadcasts
+    parameters after construction).
+    """
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor)
+        tensor.div_(dist.get_world_size())
+    return tensor
+
+
+class Quantizer(nn.Module):
+    """A fake quantizer: `forward(x)` returns x rounded to `levels` values, same shape/dtype/device.
+
+    Attributes: `method` (registry name), `role` ("weight" | "act"), `bits`, `levels` (actual number
+    of levels), `per_channel`/`num_channels` (one scale per dim-0 slice of a weight), `calibrating`
+    (set by `set_calibration`). Subclasses list the roles they support in `ROLES`.
+    """
+
+    method = ""
+    ROLES = ROLES
+
+    def __init__(self, role, bits, levels=0, per_channel=False, num_channels=1):
+        super().__init__()
+        if role not in self.ROLES:
+            raise invalid("role", role, self.ROLES, f"method {self.method!r}")
+        if per_channel and role != "weight":
+            raise invalid("per_channel", per_channel, [False], "only role 'weight' has per-channel scales")
+        if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1:
+            raise invalid("num_channels", num_channels, "an int >= 1")
+        self.role = role
+        self.bits = bits
+        self.levels = resolve_levels(bits, levels)
+        self.per_channel = bool(per_channel)
+        self.num_channels = num_channels if per_channel else 1
+        self._calibrating = False
+        self._calib_batches = 0
+
+    @property
+    def calibrating(self):
+        """True while post-training calibration re-estimates this quantizer's range from each batch."""
+        return self._calibrating
+
+    @calibrating.setter
+    def calibrating(self, flag):
+        if flag and not self._calibrating:
+            self._calib_batches = 0
+        self._calibrating = bool(flag)
+
+    def extra_repr(self):
+        text = f"method={self.method}, role={self.role}, bits={self.bits}, levels={self.levels}"
+        return text + (f", per_channel=True, num_channels={self.num_channels}" if self.per_channel else "")
+
+    def channel_view(self, t, x):
+        """`t` of shape [O] reshaped to broadcast over dim 0 of `x` ([O, 1, ..., 1])."""
+        return t.view((-1,) + (1,) * (x.dim() - 1))
+
+    def check_channels(self, x):
+        """Raise ValueError if a per-channel quantizer gets a tensor whose dim 0 is not num_channels."""
+        if self.per_channel and x.shape[0] != self.num_channels:
+            raise invalid("x.shape[0]", x.shape[0], [self.num_channels], "per-channel quantizer")
+
+
+class LearnedRangeQuantizer(Quantizer):
+    """A quantizer whose range (step, clip or basis) is estimated from data.
+
+    Keeps the persistent buffer `initialized` (0/1). In training mode, the first tensor seen calls
+    `estimate(x, calibrate=False)` (the method's initialization rule). While `calibrating`, every
+    batch calls `estimate(x, calibrate=True)` and the tensors in `range_tensors()` become the running
+    mean over the calibration batches. Subclasses implement `estimate`, `range_tensors`, `quantize`.
+    """
+
+    def __init__(self, role, bits, levels=0, per_channel=False, num_channels=1):
+        super().__init__(role, bits, levels, per_channel, num_channels)
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.uint8))
+        self._known_initialized = False  # host-side mirror: avoids a device sync per forward
+
+    def forward(self, x):
+        if self.calibrating:
+            with torch.no_grad():
+                self._calibrate(x.detach())
+        elif self.training and not self.is_initialized():
+            with torch.no_grad():
+                self._assign(self.estimate(x.detach(), calibrate=False), weight=1.0)
+        return self.quantize(x)
+
+    def is_initialized(self):
+        """True once a data-driven estimate (or a loaded checkpoint) has set the range."""
+        if not self._known_initialized:
+            self._known_initialized = bool(self.initialized)
+        return self._known_initialized
+
+    def _calibrate(self, x):
+        if self.role == "weight" and self._calib_batches > 0:
+            return  # weights do not change during calibration: one estimate is their running mean
+        self._calib_batches += 1
+        self._assign(self.estimate(x, calibrate=True), weight=1.0 / self._calib_batches)
+
+    def _assign(self, estimates, weight):
+        """range_tensors() <- (1 - weight) * old + weight * estimates (averaged over DDP ranks)."""
+        for target, new in zip(self.range_tensors(), estimates):
+            target.data.lerp_(sync_mean(new.to(target.dtype).reshape(target.shape)), weight)
+        self.initialized.fill_(1)
+        self._known_initialized = True
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._known_initialized = False  # re-read the loaded buffer on the next forward
+
+    def estimate(self, x, calibrate):
+        """Return new values for `range_tensors()` computed from `x` (no gradients)."""
+        raise NotImplementedError
+
+    def range_tensors(self):
+        """The Parameters/buffers that `estimate` sets, in the same order."""
+        raise NotImplementedError
+
+    def quantize(self, x):
+        """Fake-quantize `x` with the current range."""
+        raise NotImplementedError
+
+
+def build_quantizer(method, role, bits, levels=0, per_channel=False, num_channels=1):
+    """Return the `Quantizer` for `method` and `role` ("weight" | "act").
+
+    Example: `build_quantizer("lsq", "weight", 4, per_channel=True, num_channels=64)`.
+    Raises ValueError (argument, value, allowed choices) for an unknown role or method, bits outside
+    1..8 (method "none" also accepts 32), levels not 0 and not in 2..2**bits, or a method-specific
+    restriction (e.g. xnor needs bits 1).
+    """
+    if role not in ROLES:
+        raise invalid("role", role, ROLES)
+    if method not in METHODS_BY_ROLE[role]:
+        raise invalid("method", method, METHODS_BY_ROLE[role], f"role {role!r}")
+    return QUANTIZERS[method](role, bits, levels, per_channel, num_channels)
+
+
+def set_calibration(module, flag):
+    """Set `calibrating = flag` on every Quantizer in `module.modules()`; returns how many were set.
+
+    Turning calibration on restarts the running means. Run the calibration batches under
+    torch.no_grad(); when done, call `set_calibration(module, False)`.
+    """
+    quantizers = [m for m in module.modules() if isinstance(m, Quantizer)]
+    for q in quantizers:
+        q.calibrating = flag
+    return len(quantizers)

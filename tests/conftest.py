@@ -1,0 +1,49 @@
+"""Shared fixtures: a detectron2 cfg with quant_det keys, and a tiny synthetic detection batch."""
+import os
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.structures import Boxes, Instances
+
+import quant_det.modeling  # noqa: F401  (registers FCOS and the FPN-BN backbone)
+from quant_det.config import add_quant_det_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+torch.set_num_threads(2)
+
+
+def load_cfg(path=None, *opts):
+    """A fresh cfg with quant_det keys, merged from a repo-relative yaml and KEY VALUE overrides."""
+    cfg = get_cfg()
+    add_quant_det_config(cfg)
+    if path:
+        cfg.merge_from_file(os.path.join(REPO, path))
+    cfg.merge_from_list(list(opts))
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+def make_batch(num_images=2, size=64, num_classes=10, seed=0):
+    """`num_images` random images with two boxes each, in detectron2's model-input format."""
+    g = torch.Generator().manual_seed(seed)
+    batch = []
+    for _ in range(num_images):
+        inst = Instances((size, size))
+        xy = torch.randint(0, size // 2, (2, 2), generator=g).float()
+        wh = torch.randint(8, size // 2, (2, 2), generator=g).float()
+        inst.gt_boxes = Boxes(torch.cat([xy, xy + wh], dim=1))
+        inst.gt_classes = torch.randint(0, num_classes, (2,), generator=g)
+        image = torch.randint(0, 256, (3, size, size), generator=g).float()
+        batch.append({"image": image, "instances": inst, "height": size, "width": size})
+    return batch
+
+
+@pytest.fixture
+def cfg_loader():
+    return load_cfg
+
+
+@pytest.fixture
+def batch_maker():
+    return make_batch

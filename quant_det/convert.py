@@ -107,6 +107,21 @@ class QuantizationSpec:
                     f"{KEY}.{side}.LEVELS={levels!r} is inconsistent with {KEY}.{side}.BITS={bits}: "
                     f"allowed 0 (= 2**BITS) or 2..{2 ** bits}")
 
+        self._check_buildable()
+
+    def _check_buildable(self):
+        """Let the quantizers reject method/bits/levels combinations (e.g. xnor needs 1 bit)."""
+        combos = [(f"{KEY}.WEIGHT", "weight", self.weight_method, self.weight_bits, self.weight_levels),
+                  (f"{KEY}.ACT", "act", self.act_method, self.act_bits, self.act_levels)]
+        for i, (_, wbits, abits) in enumerate(self.policy):
+            combos.append((f"{KEY}.POLICY[{i}] weight_bits", "weight", self.weight_method, wbits, 0))
+            combos.append((f"{KEY}.POLICY[{i}] act_bits", "act", self.act_method, abits, 0))
+        for key, role, method, bits, levels in combos:
+            try:
+                _make_quantizer(method, role, bits, levels)
+            except ValueError as e:
+                raise ValueError(f"{key} (METHOD {method!r}, BITS {bits}): {e}") from None
+
     def bits_for(self, name: str) -> Tuple[int, int, Optional[str]]:
         """Return (weight_bits, act_bits, matching POLICY regex or None) for a layer name."""
         for pattern, wbits, abits in self.policy:

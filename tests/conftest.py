@@ -39,6 +39,19 @@ def make_batch(num_images=2, size=64, num_classes=10, seed=0):
     return batch
 
 
+@pytest.fixture(scope="session")
+def tiny_digits(tmp_path_factory):
+    """Root of a small digits-det (120 train / 30 val images) registered for this test session.
+
+    Returns the datasets root (the value for $QUANT_DET_DATASETS in subprocesses).
+    """
+    from quant_det.data import build_digits_det, register_digits_det
+    root = str(tmp_path_factory.mktemp("datasets"))
+    build_digits_det(os.path.join(root, "digits_det"), num_train=120, num_val=30)
+    register_digits_det(os.path.join(root, "digits_det"))
+    return root
+
+
 @pytest.fixture
 def cfg_loader():
     return load_cfg

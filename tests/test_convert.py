@@ -62,10 +62,15 @@ def test_default_config_leaves_model_float(cfg_loader):
     ("MODEL.QUANTIZATION.POLICY", [["(", 4, 4]], r"POLICY\[0\].*regex"),
     ("MODEL.QUANTIZATION.POLICY", [["stem", 4, 12]], r"POLICY\[0\] act_bits=12"),
     ("MODEL.QUANTIZATION.MODE", "train", r"MODE='train'.*calibrate"),
+    ("MODEL.QUANTIZATION.POLICY", [["stem", 8, 8]], None),  # fine for lsq ...
 ])
 def test_bad_values_name_key_value_and_choices(cfg_loader, key, value, expected):
     opts = [*QUANT, "MODEL.QUANTIZATION.WEIGHT.BITS", 2, key, value]
     cfg = cfg_loader(None, *opts)
+    if expected is None:
+        QuantizationSpec.from_config(cfg)
+        cfg.MODEL.QUANTIZATION.WEIGHT.METHOD = "xnor"  # ... but xnor has only 1 bit
+        expected = r"WEIGHT \(METHOD 'xnor', BITS 2\).*allowed: \[1\]"
     with pytest.raises(ValueError, match=expected):
         QuantizationSpec.from_config(cfg)
 

@@ -1,0 +1,127 @@
+"""quant_det.compat: original-fork yamls (tests/fixtures/original_configs) translate, merge, build."""
+import os
+
+import pytest
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+import quant_det.modeling  # noqa: F401  (registers FCOS and the FPN-BN backbone)
+from quant_det.compat import is_original_config, merge_original_config, translate_original_config
+from quant_det.config import add_quant_det_config
+from quant_det.convert import convert_to_quantization
+
+ROOT = os.path.join(os.path.dirname(__file__), "fixtures", "original_configs")
+FCOS_DIR = os.path.join(ROOT, "AdelaiDet", "configs", "FCOS-Detection")
+RETINA_DIR = os.path.join(ROOT, "detectron2", "configs", "COCO-Detection")
+# Every quantized original config uses weight standardization and the fork's FPN ReLU placement.
+ALLOW = ["MODEL.QUANTIZATION.wt_adaptive", "MODEL.FPN"]
+BACKBONE_SCOPE = ["backbone.bottom_up.res2", "backbone.bottom_up.res3", "backbone.bottom_up.res4",
+                  "backbone.bottom_up.res5", "backbone.fpn_lateral3", "backbone.fpn_output3",
+                  "backbone.fpn_lateral4", "backbone.fpn_output4", "backbone.fpn_lateral5",
+                  "backbone.fpn_output5", "backbone.top_block"]
+CASES = {  # fixture -> (META_ARCHITECTURE, bits, SCOPE, SKIP, POLICY, FCOS.NORM)
+    "R_18_1x-Full-SyncBN-lsq-2bit.yaml": (
+        "FCOS", 2, BACKBONE_SCOPE + ["head.cls_subnet", "head.bbox_subnet"], [], [], "SyncBN"),
+    "R_18_1x-Full-SyncBN-FixFPN-FixPoint-lsq-M2F8L8.yaml": (
+        "FCOS", 2, ["backbone", "head"], [r"head\.cls_score"],
+        [[r"backbone\.bottom_up\.stem\.conv1", 8, 32], [r"head\.bbox_pred", 8, 8], [r"head\.ctrness", 8, 8]],
+        "SyncBN"),
+    "R_50_1x-Full-SyncBN-FixFPN-Shared-lsq-2bit.yaml": (
+        "FCOS", 2, BACKBONE_SCOPE + ["head.cls_subnet", "head.bbox_subnet"], [], [], "SyncBN-shared"),
+    "retinanet_R_18_FPN_1x-Full-SyncBN-FixFPN-FixPoint-lsq-M2F8L8.yaml": (
+        "RetinaNet", 2, ["backbone", "head"],
+        [r"backbone\.bottom_up\.stem\.conv1", r"head\.cls_score", r"head\.bbox_pred"], [], None),
+    "retinanet_R_18_FPN_1x-Full-SyncBN-FixFPN-lsq-4bit.yaml": (
+        "RetinaNet", 4, ["backbone", "head"],
+        [r"backbone\.bottom_up\.stem\.conv1", r"head\.cls_score", r"head\.bbox_pred"], [], None),
+}
+
+
+def fixture(name):
+    return os.path.join(FCOS_DIR if name.startswith("R_") else RETINA_DIR, name)
+
+
+def fresh_cfg():
+    return add_quant_det_config(get_cfg())
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_fixture_translates_merges_and_builds(name):
+    meta, bits, scope, skip, policy, fcos_norm = CASES[name]
+    path = fixture(name)
+    assert is_original_config(path)
+    cfg = fresh_cfg()
+    notes = merge_original_config(cfg, path, allow=ALLOW)
+    q = cfg.MODEL.QUANTIZATION
+    assert cfg.MODEL.META_ARCHITECTURE == meta
+    assert cfg.MODEL.BACKBONE.NAME == "build_quant_det_resnet_fpn_backbone"
+    assert cfg.MODEL.FPN.TOP_BLOCK_IN_FEATURE == ("p5" if meta == "FCOS" else "res5")
+    assert (cfg.MODEL.FPN.NORM, cfg.MODEL.FPN.USE_RELU) == ("SyncBN", True)
+    assert (q.WEIGHT.METHOD, q.WEIGHT.BITS, q.WEIGHT.PER_CHANNEL) == ("lsq", bits, False)  # wt_quant_group 1
+    assert (q.ACT.METHOD, q.ACT.BITS, q.ACT.LEVELS) == ("lsq", bits, 0)
+    assert list(q.SCOPE) == scope and list(q.SKIP) == skip and [list(p) for p in q.POLICY] == policy
+    if fcos_norm:
+        assert cfg.MODEL.FCOS.NORM == fcos_norm
+    assert any("wt_adaptive" in n and "accepted by allow" in n for n in notes)
+
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg)
+    rows = {r[0]: r for r in convert_to_quantization(model, cfg)}
+    stem = rows["backbone.bottom_up.stem.conv1"]
+    if "M2F8L8" in name and meta == "FCOS":
+        assert stem[2:4] == ("lsq/8b", "float")  # policy: first layer weights 8 bit, input image float
+        assert rows["head.ctrness"][2:4] == ("lsq/8b", "lsq/8b")
+        assert rows["head.cls_score"][2] == "float"
+    quantized = [r for r in rows.values() if r[2] != "float"]
+    assert quantized and all(r[2] in (f"lsq/{bits}b", "lsq/8b") for r in quantized)
+    assert rows["backbone.bottom_up.res3.0.conv1"][2:4] == (f"lsq/{bits}b", f"lsq/{bits}b")
+
+
+def test_original_default_weight_groups_are_per_channel():
+    out, _ = translate_original_config({"MODEL": {"QUANTIZATION": {
+        "scope": ["backbone"], "keyword": ["dorefa", "lsq"], "wt_enable": True, "fm_enable": False,
+        "wt_bit": 3.0}}})
+    q = out["MODEL"]["QUANTIZATION"]
+    assert (q["WEIGHT"]["METHOD"], q["WEIGHT"]["BITS"], q["WEIGHT"]["PER_CHANNEL"]) == ("lsq", 3, True)
+    assert q["ACT"]["METHOD"] == "none"
+
+
+def test_keywords_select_methods():
+    def methods(words):
+        q = translate_original_config({"MODEL": {"QUANTIZATION": {
+            "scope": ["head"], "keyword": words, "wt_enable": True, "fm_enable": True,
+            "wt_bit": 2.0, "fm_bit": 2.0}}})[0]["MODEL"]["QUANTIZATION"]
+        return q["WEIGHT"]["METHOD"], q["ACT"]["METHOD"]
+
+    assert methods(["lq"]) == ("lqnet", "lqnet")
+    assert methods(["pact", "wt_dorefa"]) == ("dorefa", "pact")
+    assert methods(["dorefa", "wt_dorefa"]) == ("dorefa", "dorefa")
+
+
+def test_extra_weights_and_adelaidet_fcos_names():
+    out, _ = translate_original_config({"MODEL": {
+        "EXTRA_WEIGHTS": "fp.pth", "FCOS": {"LOSS_ALPHA": 0.3, "NMS_TH": 0.5, "PRE_NMS_TOPK_TEST": 500,
+                                            "NUM_CLS_CONVS": 2, "NUM_BOX_CONVS": 2, "POS_RADIUS": 2.0}}})
+    assert out["MODEL"]["WEIGHT_EXTRA"] == "fp.pth"
+    assert out["MODEL"]["FCOS"] == {"FOCAL_LOSS_ALPHA": 0.3, "NMS_THRESH_TEST": 0.5,
+                                    "TOPK_CANDIDATES_TEST": 500, "NUM_CONVS": 2,
+                                    "CENTER_SAMPLING_RADIUS": 2.0}
+
+
+def test_unsupported_keys_raise_one_error_naming_all(tmp_path):
+    base = os.path.relpath(os.path.join(FCOS_DIR, "Base-FCOS.yaml"), tmp_path)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f'_BASE_: "{base}"\nMODEL:\n  FCOS:\n    USE_SCALE: True\n    NOT_SHARED_HEAD: True\n'
+                   '  QUANTIZATION:\n    scope: ["backbone"]\n    keyword: ["dorefa", "lsq", "gamma"]\n'
+                   '    wt_enable: True\n    wt_bit: 2.0\n    wt_adaptive: "var-mean"\n')
+    assert is_original_config(str(bad))
+    with pytest.raises(ValueError) as err:
+        translate_original_config(str(bad))
+    for text in ("MODEL.FCOS.USE_SCALE: True", "MODEL.FCOS.NOT_SHARED_HEAD: True", "'gamma'",
+                 "MODEL.QUANTIZATION.wt_adaptive: 'var-mean'"):
+        assert text in str(err.value)
+
+
+def test_our_configs_are_not_original():
+    repo = os.path.dirname(os.path.dirname(__file__))
+    assert not is_original_config(os.path.join(repo, "configs/digits/quant/fcos_R_18_FPN_w4a4_lsq.yaml"))

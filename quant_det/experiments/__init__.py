@@ -1,0 +1,1 @@
+"""Experiment runs (runner) and the dashboard generated from them."""

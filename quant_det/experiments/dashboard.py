@@ -1,0 +1,263 @@
+"""Build DASHBOARD.md, an AP-vs-bits plot and a README section from finished runs' files.
+
+Every number comes from a run directory written by `quant_det.experiments.runner`:
+`run.json` (provenance + bbox metrics) and detectron2's `config.yaml` next to it. A run.json
+without provenance is refused, never silently shown. The original project's COCO numbers
+(`experiments/reported/*.yaml`) are shown in a separate table, marked as not reproduced here.
+
+"A/W" is activation bits / weight bits everywhere (the original dashboard's convention), so a
+run's `meta.bits` must be written as "A/W", e.g. "4/4" or "32/32".
+
+Example:
+    build(["experiments/demo"], "DASHBOARD.md", readme="README.md",
+          plot="experiments/dashboard_ap_vs_bits.png", command="python tools/dashboard.py")
+"""
+import glob
+import json
+import os
+
+import yaml
+
+RUN_FILE = "run.json"
+REQUIRED = ("config", "command", "git_commit", "seed", "metrics", "status")
+README_BEGIN, README_END = "<!-- dashboard:begin -->", "<!-- dashboard:end -->"
+MAIN_COLUMNS = ["Dataset", "Task Method", "Quantization method", "Model", "A/W", "Reported", "AP",
+                "Comment", "AP50", "AP75", "Command"]
+REPORTED_COLUMNS = MAIN_COLUMNS[:8]
+FP32_BITS = 32
+
+
+def _check_provenance(path, run):
+    """Raise ValueError naming `path` and every missing provenance field of `run`."""
+    missing = [k for k in REQUIRED if run.get(k) in (None, "")]
+    if run.get("status") not in (None, "", "done"):
+        missing.append(f"status=done (is {run['status']!r})")
+    if run.get("metrics") and "AP" not in run["metrics"].get("bbox", {}):
+        missing.append("metrics.bbox.AP")
+    if missing:
+        raise ValueError(f"{path}: run without provenance, missing {missing}; "
+                         f"required fields: {list(REQUIRED)} with status 'done'")
+
+
+def _dataset(run_dir, run):
+    """The run's test dataset(s): meta.dataset, else DATASETS.TEST of its config.yaml."""
+    if run["meta"].get("dataset"):
+        return run["meta"]["dataset"]
+    cfg_path = os.path.join(run_dir, "config.yaml")
+    if not os.path.exists(cfg_path):
+        raise ValueError(f"{cfg_path}: missing (the run's detectron2 config is part of its provenance)")
+    with open(cfg_path) as f:
+        return ", ".join(yaml.safe_load(f).get("DATASETS", {}).get("TEST", [])) or "?"
+
+
+def collect_runs(roots):
+    """Return the finished runs under `roots` (each run.json dict + "path" and "dataset").
+
+    Raises ValueError for a missing root or a run.json lacking provenance (REQUIRED fields,
+    status "done", metrics.bbox.AP), naming the file and the missing fields.
+    """
+    records = []
+    for root in roots:
+        if not os.path.isdir(root):
+            raise ValueError(f"--roots: {root!r} is not a directory")
+        for path in sorted(glob.glob(os.path.join(root, "**", RUN_FILE), recursive=True)):
+            with open(path) as f:
+                run = json.load(f)
+            _check_provenance(path, run)
+            run = dict(run, path=path, meta=run.get("meta") or {})
+            run["dataset"] = _dataset(os.path.dirname(path), run)
+            records.append(run)
+    return records
+
+
+def unfinished_runs(roots):
+    """Run directories under `roots` with a checkpoint or config but no run.json (not shown)."""
+    found = set()
+    for root in roots:
+        for marker in ("last_checkpoint", "config.yaml"):
+            for path in glob.glob(os.path.join(root, "**", marker), recursive=True):
+                if not os.path.exists(os.path.join(os.path.dirname(path), RUN_FILE)):
+                    found.add(os.path.dirname(path))
+    return sorted(found)
+
+
+def parse_bits(text):
+    """"A/W" -> (activation bits, weight bits) as floats; "ter" is log2(3) bits, "bin" 1."""
+    named = {"ter": 1.58, "bin": 1.0, "fp32": 32.0}
+    parts = str(text).split("/")
+    try:
+        bits = tuple(named.get(p.strip().lower()) or float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"bits {text!r}: expected 'A/W' such as '4/4', '32/32' or 'ter/ter'")
+    if len(bits) != 2:
+        raise ValueError(f"bits {text!r}: expected 'A/W' such as '4/4', '32/32' or 'ter/ter'")
+    return bits
+
+
+def _cell(value):
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(columns, rows):
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _sort_key(run):
+    meta = run["meta"]
+    a_bits, w_bits = parse_bits(meta.get("bits", "32/32"))
+    return (meta.get("task", ""), meta.get("model", ""), meta.get("variant", ""),
+            -a_bits, -w_bits, meta.get("quant", ""), meta.get("scope", ""), run["name"])
+
+
+def main_rows(records):
+    """The main table's rows (MAIN_COLUMNS order), sorted by task, model, variant, bits desc."""
+    rows = []
+    for run in sorted(records, key=_sort_key):
+        meta, bbox = run["meta"], run["metrics"]["bbox"]
+        comment = ", ".join(str(meta[k]) for k in ("variant", "scope", "comment") if meta.get(k))
+        rows.append([run["dataset"], meta.get("task", "?"), meta.get("quant", "?"),
+                     meta.get("model", "?"), meta.get("bits", "?"), "no", f"{bbox['AP']:.1f}",
+                     comment, f"{bbox.get('AP50', float('nan')):.1f}",
+                     f"{bbox.get('AP75', float('nan')):.1f}", f"`{run['command']}`"])
+    return rows
+
+
+def provenance_rows(records):
+    """One row per run: name, run.json path, git commit, seed, wall time, resumed."""
+    return [[run["name"], f"`{run['path']}`", run["git_commit"], run["seed"],
+             f"{run.get('wall_time_s', 0) / 60:.1f}", "yes" if run.get("resumed") else "no"]
+            for run in sorted(records, key=_sort_key)]
+
+
+def load_reported(directory):
+    """Every `<directory>/*.yaml` of the original's reported numbers, as parsed dicts."""
+    tables = []
+    for path in sorted(glob.glob(os.path.join(directory, "*.yaml"))):
+        with open(path) as f:
+            table = yaml.safe_load(f)
+        if "source" not in table or "rows" not in table:
+            raise ValueError(f"{path}: a reported table needs 'source' and 'rows' keys")
+        tables.append(dict(table, path=path))
+    return tables
+
+
+def reported_section(tables):
+    """Markdown for the original's numbers, titled as reported and not reproduced here."""
+    if not tables:
+        return ""
+    parts = ["## Reported by the original project (not reproduced here)", ""]
+    for t in tables:
+        src = t["source"]
+        parts += [f"Transcribed in `{t['path']}` from [{src['repo']} `{src['path']}` @ "
+                  f"{src['commit'][:10]}]({src.get('url', '')}). These are the original's "
+                  "numbers on COCO; no run in this repository produced them.", ""]
+        rows = [[r["dataset"], r["task_method"], r["quantization_method"], r["model"], r["a_w"],
+                 r["reported"], f"{r['ap']:.1f}", r["comment"]] for r in t["rows"]]
+        parts += [_table(REPORTED_COLUMNS, rows), ""]
+    return "\n".join(parts)
+
+
+def render(records, tables, command, machine=None, plot_link=None, unfinished=()):
+    """The whole DASHBOARD.md text."""
+    total_s = sum(run.get("wall_time_s", 0) for run in records)
+    parts = ["# Dashboard", "",
+             f"Generated from the runs' `run.json` and `config.yaml`; do not edit. Regenerate "
+             f"with `{command}`.", "",
+             f"- Runs: {len(records)}; total wall time {total_s / 3600:.2f} h (sum of "
+             "`wall_time_s`; a resumed run counts only its last attempt).",
+             f"- Machine: {machine or 'not given (pass --machine)'}",
+             "- A/W = activation bits / weight bits. Reported = whether the original reports "
+             "this exact row (ours: no).", ""]
+    if unfinished:
+        parts += ["- Not shown (no run.json yet): " + ", ".join(f"`{d}`" for d in unfinished), ""]
+    parts += ["## Our runs", "", _table(MAIN_COLUMNS, main_rows(records)), ""]
+    if plot_link:
+        parts += [f"![AP vs bit width]({plot_link})", ""]
+    parts += ["### Provenance", "",
+              _table(["Run", "run.json", "git commit", "seed", "wall min", "resumed"],
+                     provenance_rows(records)), ""]
+    parts.append(reported_section(tables))
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def plot_ap_vs_bits(records, path):
+    """Write a PNG: one panel per task, AP vs weight=activation bit width per method line.
+
+    FP32 runs are horizontal dashed lines; a mixed A/W run is placed at its weight bits.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({run["meta"].get("task", "?") for run in records}) or ["(no runs)"]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3), squeeze=False, dpi=80)
+    for ax, task in zip(axes[0], tasks):
+        lines = {}
+        for run in sorted(records, key=_sort_key):
+            meta = run["meta"]
+            if meta.get("task", "?") != task:
+                continue
+            a_bits, w_bits = parse_bits(meta.get("bits", "32/32"))
+            label = " ".join(str(meta[k]) for k in ("model", "variant") if meta.get(k))
+            if w_bits >= FP32_BITS and a_bits >= FP32_BITS:
+                ax.axhline(run["metrics"]["bbox"]["AP"], ls="--", color="gray", lw=1)
+                ax.annotate(f"FP32 {label}", (0.02, run["metrics"]["bbox"]["AP"]),
+                            xycoords=("axes fraction", "data"), fontsize=7, va="bottom")
+                continue
+            key = " ".join(str(meta[k]) for k in ("quant", "scope") if meta.get(k)) + f" {label}"
+            lines.setdefault(key, []).append((w_bits, run["metrics"]["bbox"]["AP"]))
+        for key, points in sorted(lines.items()):
+            xs, ys = zip(*sorted(points))
+            ax.plot(xs, ys, marker="o", label=key)
+        ax.set(title=task, xlabel="bit width (A=W)", ylabel="bbox AP")
+        ax.set_xticks([1, 2, 3, 4, 5, 6, 8])
+        if lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def replace_readme_section(readme, body):
+    """Replace the text between README_BEGIN and README_END in `readme`; touch nothing else."""
+    with open(readme) as f:
+        text = f.read()
+    begin, end = text.find(README_BEGIN), text.find(README_END)
+    if begin < 0 or end < begin:
+        raise ValueError(f"{readme}: needs the markers {README_BEGIN!r} then {README_END!r} "
+                         "around the dashboard section")
+    head, tail = text[:begin + len(README_BEGIN)], text[end:]
+    with open(readme, "w") as f:
+        f.write(head + "\n" + body.strip() + "\n" + tail)
+
+
+def readme_section(records, dashboard_link):
+    """The README's dashboard section: the main table and a link to the full dashboard."""
+    columns = MAIN_COLUMNS[:-1]
+    rows = [row[:-1] for row in main_rows(records)]
+    return (f"Generated; full table with commands, provenance and the original's reported "
+            f"numbers in [{dashboard_link}]({dashboard_link}).\n\n" + _table(columns, rows))
+
+
+def build(roots, out, readme=None, plot=None, machine=None, reported_dir="experiments/reported",
+          command="python tools/dashboard.py"):
+    """Write `out` (and `plot`, and the README section if `readme`); return what was done."""
+    if readme and os.path.abspath(readme) == os.path.abspath(out):
+        raise ValueError(f"--out {out!r} is the README; refusing to overwrite it whole")
+    records = collect_runs(roots)
+    tables = load_reported(reported_dir) if reported_dir and os.path.isdir(reported_dir) else []
+    plot_link = None
+    if plot:
+        plot_ap_vs_bits(records, plot)
+        plot_link = os.path.relpath(plot, os.path.dirname(os.path.abspath(out)) or ".")
+    unfinished = unfinished_runs(roots)
+    with open(out, "w") as f:
+        f.write(render(records, tables, command, machine, plot_link, unfinished))
+    if readme:
+        link = os.path.relpath(out, os.path.dirname(os.path.abspath(readme)))
+        replace_readme_section(readme, readme_section(records, link))
+    return {"runs": [r["path"] for r in records], "unfinished": unfinished, "out": out,
+            "plot": plot, "readme": readme, "reported": [t["path"] for t in tables]}

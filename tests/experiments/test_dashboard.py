@@ -1,0 +1,121 @@
+"""Dashboard: rows from run files only, runs without provenance refused, README section only."""
+import json
+
+import pytest
+import yaml
+
+from quant_det.experiments import dashboard
+
+README = "# Title\n\nIntro.\n\n<!-- dashboard:begin -->\nold table\n<!-- dashboard:end -->\n\n## After\nkeep\n"
+
+
+def write_run(root, name, meta, ap, ap50, ap75, **overrides):
+    """A finished run directory as the runner leaves it: run.json + detectron2's config.yaml."""
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    record = {"name": name, "config": f"configs/digits/{name}.yaml", "opts": [], "init_from": None,
+              "meta": meta, "command": f"python tools/train_net.py --config-file {name}.yaml",
+              "git_commit": "0123abc", "seed": 7, "wall_time_s": 1800.0, "status": "done",
+              "metrics": {"bbox": {"AP": ap, "AP50": ap50, "AP75": ap75, "APs": 1.0}},
+              "resumed": False}
+    record.update(overrides)
+    (run_dir / "run.json").write_text(json.dumps(record))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"DATASETS": {"TEST": ["digits_det_val"]},
+                                                         "SEED": 7}))
+    return run_dir / "run.json"
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root, "fcos_w4a4", {"task": "FCOS", "model": "R-18", "quant": "LSQ", "bits": "4/4",
+                                  "variant": "Full-BN", "scope": "Quantize-All"}, 41.26, 70.04, 43.95)
+    write_run(root, "fcos_fp32", {"task": "FCOS", "model": "R-18", "quant": "FP32",
+                                  "bits": "32/32", "variant": "Full-BN"}, 45.349, 75.0, 48.25)
+    return root
+
+
+def test_main_rows_exact_and_sorted_by_bits_descending(two_runs):
+    rows = dashboard.main_rows(dashboard.collect_runs([str(two_runs)]))
+    assert rows == [
+        ["digits_det_val", "FCOS", "FP32", "R-18", "32/32", "no", "45.3", "Full-BN", "75.0", "48.2",
+         "`python tools/train_net.py --config-file fcos_fp32.yaml`"],
+        ["digits_det_val", "FCOS", "LSQ", "R-18", "4/4", "no", "41.3", "Full-BN, Quantize-All",
+         "70.0", "44.0", "`python tools/train_net.py --config-file fcos_w4a4.yaml`"],
+    ]
+
+
+def test_dashboard_file_has_header_tables_and_plot(two_runs, tmp_path):
+    reported = tmp_path / "reported"
+    reported.mkdir()
+    (reported / "orig.yaml").write_text(yaml.safe_dump({
+        "source": {"repo": "o/r", "path": "doc/x.md", "commit": "f" * 40, "url": "http://x"},
+        "rows": [{"dataset": "COCO", "task_method": "FCOS", "quantization_method": "-",
+                  "model": "Torch-18", "a_w": "4/4", "reported": "-", "ap": 35.2,
+                  "comment": "1x,FPN-BN, Quantize-All, double-init"}]}))
+    out, plot = tmp_path / "DASHBOARD.md", tmp_path / "plots" / "ap.png"
+    done = dashboard.build([str(two_runs)], str(out), plot=str(plot), machine="2-core test box",
+                           reported_dir=str(reported), command="python tools/dashboard.py --x")
+    text = out.read_text()
+    assert "Regenerate with `python tools/dashboard.py --x`" in text
+    assert "- Machine: 2-core test box" in text
+    assert "total wall time 1.00 h" in text  # 2 x 1800 s
+    assert ("| digits_det_val | FCOS | LSQ | R-18 | 4/4 | no | 41.3 | Full-BN, Quantize-All | 70.0 "
+            "| 44.0 | `python tools/train_net.py --config-file fcos_w4a4.yaml` |") in text
+    assert "## Reported by the original project (not reproduced here)" in text
+    assert "| COCO | FCOS | - | Torch-18 | 4/4 | - | 35.2 | 1x,FPN-BN, Quantize-All, double-init |" in text
+    assert "![AP vs bit width](plots/ap.png)" in text
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 1000
+    assert len(done["runs"]) == 2 and done["unfinished"] == []
+
+
+@pytest.mark.parametrize("field", ["command", "git_commit", "seed", "config", "metrics"])
+def test_run_without_provenance_is_refused(tmp_path, field):
+    path = write_run(tmp_path, "bad", {"task": "FCOS"}, 1.0, 2.0, 3.0)
+    record = json.loads(path.read_text())
+    del record[field]
+    path.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=rf"{path}.*missing \['{field}'\]"):
+        dashboard.collect_runs([str(tmp_path)])
+
+
+def test_unfinished_status_is_refused(tmp_path):
+    path = write_run(tmp_path, "bad", {"task": "FCOS"}, 1.0, 2.0, 3.0, status="running")
+    with pytest.raises(ValueError, match=rf"{path}.*status=done \(is 'running'\)"):
+        dashboard.collect_runs([str(tmp_path)])
+
+
+def test_interrupted_run_is_listed_not_shown(two_runs):
+    (two_runs / "partial").mkdir()
+    (two_runs / "partial" / "last_checkpoint").write_text("model_0000099.pth")
+    assert len(dashboard.collect_runs([str(two_runs)])) == 2
+    assert dashboard.unfinished_runs([str(two_runs)]) == [str(two_runs / "partial")]
+
+
+def test_readme_section_replaced_and_nothing_else(two_runs, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    dashboard.build([str(two_runs)], str(tmp_path / "DASHBOARD.md"), readme=str(readme),
+                    reported_dir=None)
+    text = readme.read_text()
+    head, rest = text.split("<!-- dashboard:begin -->\n")
+    section, tail = rest.split("<!-- dashboard:end -->")
+    assert head == "# Title\n\nIntro.\n\n" and tail == "\n\n## After\nkeep\n"
+    assert "old table" not in section and "[DASHBOARD.md](DASHBOARD.md)" in section
+    assert "| digits_det_val | FCOS | FP32 | R-18 | 32/32 | no | 45.3 | Full-BN | 75.0 | 48.2 |" in section
+
+
+def test_readme_without_markers_is_an_error_naming_it(two_runs, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers\n")
+    with pytest.raises(ValueError, match=r"README\.md.*<!-- dashboard:begin -->.*<!-- dashboard:end -->"):
+        dashboard.build([str(two_runs)], str(tmp_path / "D.md"), readme=str(readme),
+                        reported_dir=None)
+    assert readme.read_text() == "# no markers\n"
+
+
+def test_bits_are_activation_over_weight():
+    assert dashboard.parse_bits("2/4") == (2.0, 4.0)
+    assert dashboard.parse_bits("ter/ter") == (1.58, 1.58)
+    with pytest.raises(ValueError, match="'4': expected 'A/W'"):
+        dashboard.parse_bits("4")

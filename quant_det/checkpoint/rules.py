@@ -12,7 +12,10 @@ Built-in rule sets (`RULE_SETS`), all producing detectron2 ResNet backbone names
   `layerN.i.bnK`, `layerN.0.downsample.{0,1}`). BN running statistics are kept (both detectron2's
   BatchNorm2d and FrozenBatchNorm2d have them); `num_batches_tracked` is dropped, because
   FrozenBatchNorm2d has no such buffer and BatchNorm2d fills a missing one itself. `fc.*` has no
-  detectron2 counterpart and stays unconverted.
+  detectron2 counterpart and stays unconverted. A torchvision ResNet converted by our
+  `quantize_model` (e.g. quant_det/experiments/classifier.py) also has quantizer state under each
+  conv, `<conv>.weight_quantizer.<p>` and `<conv>.input_quantizer.<p>` (LSQ `step`, `signed`,
+  `initialized`, ...): it moves with its conv, names unchanged, because it is our own state.
 - "model-quantization-resnet": classification checkpoints of the original model-quantization
   project's torchvision-style ResNet (`models/resnet.py`): the names above plus each
   `custom_conv`'s quantizer tensors, moved under our submodule names with their own leaf name:
@@ -31,6 +34,9 @@ import re
 from typing import List, NamedTuple, Optional, Sequence
 
 BN_STATS = r"(weight|bias|running_mean|running_var)"
+
+# State of our own quantizers (quant_det.layers.QuantConv2d): kept verbatim under the renamed conv.
+OUR_QUANTIZER_STATE = r"(weight_quantizer|input_quantizer)\.(\w+)"
 
 # Their per-quantizer bookkeeping, recomputed from our config: dropped.
 MQ_BOOKKEEPING = ("iteration", "level_num")
@@ -93,7 +99,7 @@ def torchvision_resnet_rules(origin: str = "torchvision-resnet") -> List[RenameR
     rules = []
     for mod_re, mod_tpl, kind in _modules_torchvision_resnet():
         if kind == "conv":
-            leaves = [(r"weight", "weight")]
+            leaves = [(r"weight", "weight"), (OUR_QUANTIZER_STATE, r"\1.\2")]
         else:
             leaves = [(BN_STATS, r"\1"), (r"num_batches_tracked", None)]
         rules += _leaf_rules(mod_re, mod_tpl, leaves, origin)

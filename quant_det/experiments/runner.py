@@ -128,8 +128,9 @@ def _stream(cmd, log_path, log):
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
         for line in proc.stdout:
             out.write(line)
-            if PROGRESS.search(line):
-                log("    " + line.rstrip()[-150:])
+            match = PROGRESS.search(line)
+            if match:
+                log("    " + line[match.start():].rstrip())
     return proc.returncode
 
 

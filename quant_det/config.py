@@ -59,8 +59,8 @@ def add_weight_extra_config(cfg):
     # Checkpoint loaded before MODEL.WEIGHTS (typically the full-precision detector); "" = off.
     # Skipped when resuming. A missing or unreadable file is an error.
     cfg.MODEL.WEIGHT_EXTRA = ""
-    # If True, keys whose shape differs from the model are dropped (and reported) instead of
-    # raising an error.
+    # If True, keys of MODEL.WEIGHT_EXTRA or MODEL.WEIGHTS whose shape differs from the model are
+    # dropped (and reported) instead of raising an error (never when resuming).
     cfg.MODEL.WEIGHT_EXTRA_DROP_MISMATCH = False
 
 
@@ -99,8 +99,16 @@ def add_quantization_config(cfg):
     q.ACT.LEVELS = 0
 
 
+def add_logging_config(cfg):
+    """QUANT_DET.LOG_PERIOD: detectron2 hard-codes a 20-iteration period for its writers."""
+    cfg.QUANT_DET = CN()
+    # Iterations between lines of console log / metrics.json / tensorboard events.
+    cfg.QUANT_DET.LOG_PERIOD = 20
+
+
 def add_quant_det_config(cfg):
     """Add all quant_det keys to `cfg` (a detectron2 CfgNode) and return it."""
+    add_logging_config(cfg)
     add_fcos_config(cfg)
     add_fpn_bn_config(cfg)
     add_weight_extra_config(cfg)

@@ -189,12 +189,22 @@ def quantize_model(model: nn.Module, spec: QuantizationSpec) -> List[Tuple[str, 
         wbits, abits, rule = spec.bits_for(name)
         new = quantize_module(module, name, spec, wbits, abits)
         parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, new)
+        _replace_module(model.get_submodule(parent_name), child, module, new)
         rows.append((name, kind, _describe(new.weight_quantizer), _describe(new.input_quantizer),
                      f"POLICY {rule!r}" if rule else ""))
     logger.info("convert_to_quantization:\n" + tabulate(
         rows, headers=["module", "type", "weight", "activation", "note"], tablefmt="pipe"))
     return rows
+
+
+def _replace_module(parent: nn.Module, child: str, old: nn.Module, new: nn.Module) -> None:
+    """setattr(parent, child, new), and also replace `old` in the parent's plain-list attributes:
+    detectron2's FPN calls its convs through the lists `lateral_convs`/`output_convs`, so a swap
+    of the registered submodule alone would leave the float conv in use."""
+    setattr(parent, child, new)
+    for value in vars(parent).values():
+        if isinstance(value, list):
+            value[:] = [new if item is old else item for item in value]
 
 
 def _describe(quantizer) -> str:

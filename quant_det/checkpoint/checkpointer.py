@@ -6,7 +6,10 @@
   renamed into place; only then is `last_checkpoint` rewritten (atomically, too). A process
   killed mid-save leaves at most a `.model_*.pth.*.tmp` file, never a truncated `model_*.pth`
   or a `last_checkpoint` pointing at one.
-- loading a missing, empty, truncated or foreign file raises an error naming the file.
+- loading a missing, empty, truncated or foreign file raises an error naming the file, and so
+  does a file that does not fit the model (see `check_compatible`): no shared key (another
+  architecture), a shape mismatch (unless `drop_mismatch`), quantizer state of another
+  MODEL.QUANTIZATION, or, when resuming, any missing/unexpected key.
 
 Example:
     checkpointer = QuantDetCheckpointer(model, cfg.OUTPUT_DIR, weight_extra=cfg.MODEL.WEIGHT_EXTRA,
@@ -15,6 +18,7 @@ Example:
     checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
 """
 import os
+import re
 import uuid
 from typing import Any, Callable, Dict, Optional
 
@@ -22,6 +26,53 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from .double_init import DoubleInitReport, load_double_init, read_checkpoint_file
+
+# State-dict keys of the quantizer submodules of QuantConv2d/QuantLinear.
+QUANTIZER_KEY = re.compile(r"(^|.*\.)(weight|input)_quantizer\.[^.]+$")
+
+
+def _listed(keys, limit=8):
+    keys = sorted(keys)
+    return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def check_compatible(model_state: Dict[str, Any], file_state: Dict[str, Any], path: str, *,
+                     strict: bool = False, drop_mismatch: bool = False) -> None:
+    """Raise ValueError naming `path` and the keys if the file's state dict does not fit the model.
+
+    Always an error: no key in common (a checkpoint of another architecture); quantizer keys in
+    the file (it was saved from a quantized model) that differ from the model's (another
+    MODEL.QUANTIZATION: method, SCOPE or PER_CHANNEL). A shape mismatch is an error unless
+    `drop_mismatch` (then detectron2 skips those keys with a warning). With `strict` (resuming
+    our own checkpoint) any missing or unexpected key is an error. A float checkpoint (no
+    quantizer keys) may initialize a quantized model: its quantizers initialize from data.
+    """
+    file_keys = {k[len("module."):] if k.startswith("module.") else k for k in file_state}
+    file_state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in file_state.items()}
+    model_keys = set(model_state)
+    common = file_keys & model_keys
+    if not common:
+        raise ValueError(f"checkpoint file {path!r} shares no key with the model (another "
+                         f"architecture?): file keys {_listed(file_keys, 4)}; model keys "
+                         f"{_listed(model_keys, 4)}")
+    file_q = {k for k in file_keys if QUANTIZER_KEY.match(k)}
+    model_q = {k for k in model_keys if QUANTIZER_KEY.match(k)}
+    if file_q and file_q != model_q:
+        raise ValueError(
+            f"checkpoint file {path!r} holds quantizer state that does not match the model (saved "
+            f"with a different MODEL.QUANTIZATION?): in the file only: {_listed(file_q - model_q) or '-'}; "
+            f"in the model only: {_listed(model_q - file_q) or '-'}")
+    shapes = [(k, tuple(file_state[k].shape), tuple(model_state[k].shape)) for k in sorted(common)
+              if hasattr(file_state[k], "shape") and tuple(file_state[k].shape) != tuple(model_state[k].shape)]
+    if shapes and (strict or not drop_mismatch):
+        listed = "; ".join(f"{k}: file {f} vs model {m}" for k, f, m in shapes[:8])
+        hint = "" if strict else " (set MODEL.WEIGHT_EXTRA_DROP_MISMATCH True to skip such keys)"
+        raise ValueError(f"checkpoint file {path!r} does not fit the model: {len(shapes)} key(s) "
+                         f"differ in shape: {listed}{hint}")
+    if strict and (model_keys - file_keys or file_keys - model_keys):
+        raise ValueError(
+            f"checkpoint file {path!r} cannot resume this model (different config?): missing "
+            f"{_listed(model_keys - file_keys) or '-'}; unexpected {_listed(file_keys - model_keys) or '-'}")
 
 
 def _fsync_dir(directory: str) -> None:
@@ -72,6 +123,8 @@ class QuantDetCheckpointer(DetectionCheckpointer):
         self.weight_extra = weight_extra
         self.drop_mismatch = drop_mismatch
         self.double_init_report: Optional[DoubleInitReport] = None
+        self._strict = False  # resuming: the file must fit the model exactly
+        self._loading = ""
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
         """Resume from `last_checkpoint` if asked and present (WEIGHT_EXTRA is then skipped);
@@ -81,7 +134,11 @@ class QuantDetCheckpointer(DetectionCheckpointer):
         file, {} after a double initialization (its report is kept in `double_init_report`).
         """
         if resume and self.has_checkpoint():
-            return self.load(self.get_checkpoint_file())
+            self._strict = True
+            try:
+                return self.load(self.get_checkpoint_file())
+            finally:
+                self._strict = False
         if self.weight_extra:
             self.double_init_report = load_double_init(
                 self.model, path, self.weight_extra, drop_mismatch=self.drop_mismatch
@@ -114,7 +171,14 @@ class QuantDetCheckpointer(DetectionCheckpointer):
         """As DetectionCheckpointer.load, but a missing file is a FileNotFoundError naming it."""
         if path and not os.path.isfile(path) and not os.path.isfile(self.path_manager.get_local_path(path)):
             raise FileNotFoundError(f"checkpoint file {path!r} not found")
+        self._loading = path
         return super().load(path, checkpointables=checkpointables)
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
         return read_checkpoint_file(filename, loader=super()._load_file)
+
+    def _load_model(self, checkpoint: Dict[str, Any]):
+        if not checkpoint.get("matching_heuristics", False):  # model-zoo files are renamed later
+            check_compatible(self.model.state_dict(), checkpoint["model"], self._loading,
+                             strict=self._strict, drop_mismatch=self.drop_mismatch)
+        return super()._load_model(checkpoint)

@@ -14,7 +14,19 @@ from torch import nn
 from torch.nn import functional as F
 
 
-class QuantConv2d(Conv2d):
+class _QuantBits:
+    """Bit widths of a quantized layer, read from its two quantizers."""
+
+    @property
+    def weight_bits(self) -> int:
+        return self.weight_quantizer.bits
+
+    @property
+    def act_bits(self) -> int:
+        return self.input_quantizer.bits
+
+
+class QuantConv2d(_QuantBits, Conv2d):
     """detectron2 `Conv2d` whose weight and input pass through the given quantizer modules."""
 
     def __init__(self, *args, weight_quantizer: nn.Module, input_quantizer: nn.Module, **kwargs):
@@ -36,14 +48,6 @@ class QuantConv2d(Conv2d):
         q.bias = conv.bias
         return q.to(conv.weight.device)
 
-    @property
-    def weight_bits(self) -> int:
-        return self.weight_quantizer.bits
-
-    @property
-    def act_bits(self) -> int:
-        return self.input_quantizer.bits
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._conv_forward(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
         if self.norm is not None:
@@ -53,7 +57,7 @@ class QuantConv2d(Conv2d):
         return x
 
 
-class QuantLinear(nn.Linear):
+class QuantLinear(_QuantBits, nn.Linear):
     """`nn.Linear` whose weight and input pass through the given quantizer modules."""
 
     def __init__(self, in_features, out_features, bias=True, *, weight_quantizer, input_quantizer):
@@ -69,14 +73,6 @@ class QuantLinear(nn.Linear):
         q.weight = linear.weight
         q.bias = linear.bias
         return q.to(linear.weight.device)
-
-    @property
-    def weight_bits(self) -> int:
-        return self.weight_quantizer.bits
-
-    @property
-    def act_bits(self) -> int:
-        return self.input_quantizer.bits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)

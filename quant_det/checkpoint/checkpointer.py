@@ -63,7 +63,8 @@ def check_compatible(model_state: Dict[str, Any], file_state: Dict[str, Any], pa
             f"with a different MODEL.QUANTIZATION?): in the file only: {_listed(file_q - model_q) or '-'}; "
             f"in the model only: {_listed(model_q - file_q) or '-'}")
     shapes = [(k, tuple(file_state[k].shape), tuple(model_state[k].shape)) for k in sorted(common)
-              if hasattr(file_state[k], "shape") and tuple(file_state[k].shape) != tuple(model_state[k].shape)]
+              if hasattr(file_state[k], "shape")]
+    shapes = [(k, f, m) for k, f, m in shapes if f != m]
     if shapes and (strict or not drop_mismatch):
         listed = "; ".join(f"{k}: file {f} vs model {m}" for k, f, m in shapes[:8])
         hint = "" if strict else " (set MODEL.WEIGHT_EXTRA_DROP_MISMATCH True to skip such keys)"

@@ -1,0 +1,143 @@
+"""What `tools/train_net.py` does: config set-up, then train / calibrate / evaluate.
+
+Example:
+    python tools/train_net.py --config-file configs/digits/fcos_R_18_FPN.yaml OUTPUT_DIR out/fcos
+"""
+import contextlib
+import difflib
+import json
+import logging
+import os
+
+import torch
+from detectron2.config import CfgNode, get_cfg
+from detectron2.engine import default_argument_parser, default_setup
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from .. import modeling  # noqa: F401  (registers FCOS and the FPN-BN backbone)
+from ..config import add_quant_det_config
+from ..convert import QuantizationSpec
+from ..data import register_datasets_for
+from .calibrate import calibrate
+from .distributed import init_distributed_from_env
+from .trainer import Trainer, build_checkpointer, check_num_classes
+
+logger = logging.getLogger("quant_det")
+RESULTS_FILE = "eval_results.json"
+
+
+def argument_parser():
+    """detectron2's parser (--config-file, --eval-only, --resume, --num-gpus, KEY VALUE ...)."""
+    return default_argument_parser(epilog=__doc__)
+
+
+def setup(args):
+    """Build the frozen cfg from the yaml + overrides, register data sets, set up logging."""
+    cfg = get_cfg()
+    add_quant_det_config(cfg)
+    if not os.path.isfile(args.config_file):
+        raise FileNotFoundError(f"--config-file {args.config_file!r} does not exist")
+    with suggest_config_keys(cfg):
+        cfg.merge_from_file(args.config_file)
+        cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"  # the same yaml runs on a GPU machine and on this CPU one
+    QuantizationSpec.from_config(cfg)  # fail before any output is written
+    cfg.freeze()
+    default_setup(cfg, args)
+    # default_setup configures only the "detectron2" and "fvcore" loggers.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="quant_det")
+    if cfg.SEED >= 0:
+        make_torchscript_reproducible()
+    register_datasets_for(cfg)
+    check_num_classes(cfg, list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+    return cfg
+
+
+def make_torchscript_reproducible():
+    """Run TorchScript functions unoptimized for the whole process (called when SEED >= 0).
+
+    Why: the profiling executor runs a scripted function (fvcore's sigmoid_focal_loss_jit, used
+    by RetinaNet/FCOS) eagerly for its first calls and then switches to an optimized graph with
+    JIT-derived gradients, which differ from eager autograd in the last bits. A process resumed
+    at iteration k would compute k and k+1 differently from the uninterrupted run, and low-bit
+    rounding amplifies such differences. Unoptimized execution is the same at every call.
+    """
+    torch._C._set_graph_executor_optimize(False)
+
+
+@contextlib.contextmanager
+def suggest_config_keys(cfg):
+    """Re-raise yacs' unknown-key errors (a KeyError from a yaml, an AssertionError from KEY VALUE
+    overrides) as a KeyError that also names the closest valid keys."""
+    try:
+        yield
+    except (KeyError, AssertionError) as e:
+        message = str(e.args[0]) if e.args else ""
+        if not message.startswith(("Non-existent config key: ", "Non-existent key: ")):
+            raise
+        key = message.split(": ", 1)[1]
+        close = difflib.get_close_matches(key, _flat_keys(cfg), n=3, cutoff=0.75)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise KeyError(f"{key!r} is not a config key{hint} (valid keys are listed in "
+                       f"detectron2/config/defaults.py and quant_det/config.py)") from None
+
+
+def _flat_keys(node, prefix=""):
+    for k, v in node.items():
+        if isinstance(v, CfgNode):
+            yield from _flat_keys(v, f"{prefix}{k}.")
+        else:
+            yield prefix + k
+
+
+def write_results(cfg, results):
+    """Write evaluation results to OUTPUT_DIR/eval_results.json atomically (main process only)."""
+    if not comm.is_main_process() or not results:
+        return
+    path = os.path.join(cfg.OUTPUT_DIR, RESULTS_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def evaluate(cfg, resume: bool):
+    """Load MODEL.WEIGHTS (or the last checkpoint if resuming) into the quantized model; evaluate."""
+    model = Trainer.build_model(cfg)
+    build_checkpointer(cfg, model).resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+    return Trainer.test(cfg, model)
+
+
+def run_calibration(cfg, spec):
+    """PTQ: load weights, calibrate quantizers and BN on CALIB_ITERS batches, save, evaluate."""
+    model = Trainer.build_model(cfg)
+    checkpointer = build_checkpointer(cfg, model)
+    checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
+    seen = calibrate(model, Trainer.build_train_loader(cfg), spec.calib_iters)
+    logger.info(f"calibrated on {seen} batches")
+    if comm.is_main_process():
+        checkpointer.save("model_final")
+    return Trainer.test(cfg, model)
+
+
+def main(args):
+    """Train (MODE qat), calibrate (MODE calibrate) or evaluate (--eval-only / MODE eval)."""
+    init_distributed_from_env()
+    cfg = setup(args)
+    spec = QuantizationSpec.from_config(cfg)
+    if args.eval_only or spec.mode == "eval":
+        results = evaluate(cfg, args.resume)
+    elif spec.mode == "calibrate":
+        results = run_calibration(cfg, spec)
+    else:
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        trainer.train()
+        # DefaultTrainer.train() returns the final evaluation only if TEST.EXPECTED_RESULTS is set
+        results = getattr(trainer, "_last_eval_results", None)
+    write_results(cfg, results)
+    return results

@@ -1,0 +1,166 @@
+"""`Trainer`: detectron2's DefaultTrainer plus quantization, WEIGHT_EXTRA, C++-free evaluation,
+and what makes a killed run resumable bit-exactly (see README "Reliability").
+
+Saved in every checkpoint, next to the model (which includes every quantizer's step/clip/flags):
+the optimizer (SGD momentum: detectron2 0.6's DefaultTrainer does not save it), the LR scheduler
+and iteration ("trainer"), the dense detectors' loss-normalizer EMA ("loss_normalizer") and the
+data-stream seed ("data_sampler"). On `--resume` the data stream restarts at the first image the
+killed run had not consumed.
+"""
+import logging
+import os
+import weakref
+
+from detectron2.data import (DatasetMapper, MetadataCatalog, build_detection_train_loader,
+                             get_detection_dataset_dicts)
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
+from detectron2.evaluation import COCOEvaluator
+from detectron2.modeling import build_model
+from detectron2.utils import comm
+
+from ..checkpoint import QuantDetCheckpointer
+from ..convert import convert_to_quantization
+from .distributed import cpu_sync_batchnorm
+from .hooks import TrainingDivergedError, TrainingHealthCheck, last_good_checkpoint
+from .loss_normalizer import LossNormalizerState, make_loss_normalizer_global
+from .sampler import PositionSeededDataset, ResumableTrainingSampler
+
+logger = logging.getLogger(__name__)
+NUM_CLASSES_KEYS = {"FCOS": "MODEL.FCOS.NUM_CLASSES", "RetinaNet": "MODEL.RETINANET.NUM_CLASSES"}
+
+
+class Trainer(DefaultTrainer):
+    """Overrides only what quant_det changes: model, train loader, checkpointer, hooks, evaluator,
+    and DDP construction on CPU."""
+
+    def __init__(self, cfg):
+        """DefaultTrainer.__init__, except that a CPU model gets DDP(device_ids=None): detectron2 0.6
+        passes device_ids=[local_rank], which torch rejects for CPU modules (torchrun on CPU)."""
+        TrainerBase.__init__(self)
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        device_ids = None if cfg.MODEL.DEVICE == "cpu" else [comm.get_local_rank()]
+        model = create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
+        trainer_class = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        self._trainer = trainer_class(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())  # also creates self.checkpointer
+
+    @classmethod
+    def build_model(cls, cfg):
+        """detectron2's model, with the layers in MODEL.QUANTIZATION.SCOPE swapped for quantized ones
+        (on CPU, nn.SyncBatchNorm replaced by CPUSyncBatchNorm; see `cpu_sync_batchnorm`)."""
+        model = build_model(cfg)
+        if cfg.MODEL.DEVICE == "cpu":
+            cpu_sync_batchnorm(model)
+        convert_to_quantization(model, cfg)
+        return make_loss_normalizer_global(model)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """detectron2's train loader over a resumable, position-seeded stream (see sampler.py).
+
+        The returned loader carries its sampler as `loader.resumable_sampler`.
+        """
+        dicts = load_train_dicts(cfg)
+        # Seed drawn like detectron2's TrainingSampler (same order as before); checkpointed.
+        sampler = ResumableTrainingSampler(len(dicts))
+        dataset = PositionSeededDataset(dicts, DatasetMapper(cfg, True), sampler)
+        loader = build_detection_train_loader(
+            dataset, mapper=None, sampler=sampler, total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
+            aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+            num_workers=cfg.DATALOADER.NUM_WORKERS)
+        loader.resumable_sampler = sampler
+        return loader
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        """COCO bbox evaluation with pycocotools (detectron2's fast evaluator needs its C++ ops)."""
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return COCOEvaluator(dataset_name, tasks=("bbox",), output_dir=output_folder,
+                             use_fast_impl=False)
+
+    def build_hooks(self):
+        # The checkpointer: atomic saves, MODEL.WEIGHT_EXTRA, and everything a bit-exact resume
+        # needs (detectron2 0.6's DefaultTrainer saves only model + iteration + LR scheduler).
+        self._data_sampler = getattr(self.data_loader, "resumable_sampler", None)
+        extra = {"data_sampler": self._data_sampler} if self._data_sampler is not None else {}
+        self.checkpointer = build_checkpointer(
+            self.cfg, self._trainer.model, trainer=weakref.proxy(self), optimizer=self.optimizer,
+            loss_normalizer=LossNormalizerState(self._trainer.model), **extra)
+        ret = super().build_hooks()
+        for h in ret:
+            if isinstance(h, hooks.PeriodicWriter):
+                h._period = self.cfg.QUANT_DET.LOG_PERIOD  # detectron2 0.6 fixes it at 20
+        # Before the checkpointer: a diverged step must not be saved.
+        savers = (hooks.PeriodicCheckpointer, hooks.EvalHook)
+        first = next(i for i, h in enumerate(ret) if isinstance(h, savers))
+        ret.insert(first, TrainingHealthCheck(self._trainer.model, self.checkpointer))
+        return ret
+
+    def resume_or_load(self, resume=True):
+        """detectron2's resume_or_load; then restart the data stream after the consumed images."""
+        super().resume_or_load(resume=resume)
+        sampler = self._data_sampler
+        if sampler is not None and self.start_iter > 0:
+            sampler.set_start(self.start_iter * self.cfg.SOLVER.IMS_PER_BATCH)
+            # SimpleTrainer created its iterator (and any worker processes) before the resume.
+            self._trainer._data_loader_iter = iter(self.data_loader)
+            logger.info(f"data stream resumes at image {sampler.start} (seed {sampler.seed})")
+
+    def train(self):
+        """DefaultTrainer.train; returns the final evaluation results (detectron2 returns them only
+        with TEST.EXPECTED_RESULTS). A NaN/inf loss error also names the last good checkpoint."""
+        try:
+            super().train()
+            return getattr(self, "_last_eval_results", None)
+        except FloatingPointError as e:
+            if isinstance(e, TrainingDivergedError):
+                raise
+            raise TrainingDivergedError(
+                f"{e}\nThe optimizer step of this iteration was not taken and no checkpoint was "
+                f"written; last good checkpoint: {last_good_checkpoint(self.checkpointer)}") from e
+
+
+def build_checkpointer(cfg, model, **checkpointables):
+    """QuantDetCheckpointer configured from MODEL.WEIGHT_EXTRA / WEIGHT_EXTRA_DROP_MISMATCH."""
+    return QuantDetCheckpointer(
+        model, cfg.OUTPUT_DIR, weight_extra=cfg.MODEL.WEIGHT_EXTRA,
+        drop_mismatch=cfg.MODEL.WEIGHT_EXTRA_DROP_MISMATCH, **checkpointables)
+
+
+def load_train_dicts(cfg):
+    """The DATASETS.TRAIN records; an unreadable annotation file or missing image is a clear error."""
+    names = list(cfg.DATASETS.TRAIN)
+    try:
+        dicts = get_detection_dataset_dicts(
+            names, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None)
+    except (OSError, ValueError, AssertionError) as e:
+        files = {n: MetadataCatalog.get(n).get("json_file", "(no json_file)") for n in names}
+        raise ValueError(f"DATASETS.TRAIN {names}: cannot load the annotations {files}: "
+                         f"{type(e).__name__}: {e}") from e
+    missing = [d["file_name"] for d in dicts if not os.path.isfile(d["file_name"])]
+    if missing:
+        raise FileNotFoundError(f"DATASETS.TRAIN {names}: {len(missing)} of {len(dicts)} images are "
+                                f"missing, e.g. {missing[:3]}")
+    check_num_classes(cfg, names)
+    return dicts
+
+
+def check_num_classes(cfg, dataset_names):
+    """ValueError if a data set's metadata has another number of classes than the model's key."""
+    key = NUM_CLASSES_KEYS.get(cfg.MODEL.META_ARCHITECTURE, "MODEL.ROI_HEADS.NUM_CLASSES")
+    want = cfg
+    for part in key.split("."):
+        want = want[part]
+    for name in dataset_names:
+        classes = MetadataCatalog.get(name).get("thing_classes", None)
+        if classes is not None and len(classes) != want:
+            raise ValueError(f"{key}={want} but data set {name!r} has {len(classes)} classes "
+                             f"({', '.join(map(str, classes[:12]))}); set {key} {len(classes)}")

@@ -125,3 +125,12 @@ def test_unsupported_keys_raise_one_error_naming_all(tmp_path):
 def test_our_configs_are_not_original():
     repo = os.path.dirname(os.path.dirname(__file__))
     assert not is_original_config(os.path.join(repo, "configs/digits/quant/fcos_R_18_FPN_w4a4_lsq.yaml"))
+
+
+def test_train_net_setup_refuses_an_original_yaml_naming_its_unsupported_keys(tmp_path):
+    from quant_det.engine.run import argument_parser, setup
+    path = os.path.join(FCOS_DIR, "R_18_1x-Full-SyncBN-lsq-2bit.yaml")
+    args = argument_parser().parse_args(["--config-file", path, "OUTPUT_DIR", str(tmp_path)])
+    with pytest.raises(ValueError, match="wt_adaptive"):
+        setup(args)
+    assert not os.listdir(tmp_path)  # refused before anything was written

@@ -16,6 +16,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from .. import modeling  # noqa: F401  (registers FCOS and the FPN-BN backbone)
+from ..compat import is_original_config, merge_original_config
 from ..config import add_quant_det_config
 from ..convert import QuantizationSpec
 from ..data import register_datasets_for
@@ -29,7 +30,12 @@ RESULTS_FILE = "eval_results.json"
 
 def argument_parser():
     """detectron2's parser (--config-file, --eval-only, --resume, --num-gpus, KEY VALUE ...)."""
-    return default_argument_parser(epilog=__doc__)
+    parser = default_argument_parser(epilog=__doc__)
+    parser.add_argument(
+        "--allow-original-key", action="append", default=[], metavar="KEY_PREFIX",
+        help="for a yaml written for the original low-bit fork: accept losing the behaviour of "
+             "these keys (see quant_det/compat.py) instead of refusing the file")
+    return parser
 
 
 def setup(args):
@@ -38,8 +44,13 @@ def setup(args):
     add_quant_det_config(cfg)
     if not os.path.isfile(args.config_file):
         raise FileNotFoundError(f"--config-file {args.config_file!r} does not exist")
+    notes = []
     with suggest_config_keys(cfg):
-        cfg.merge_from_file(args.config_file)
+        if is_original_config(args.config_file):  # written for the original fork: translate
+            notes = merge_original_config(cfg, args.config_file,
+                                          allow=getattr(args, "allow_original_key", ()))
+        else:
+            cfg.merge_from_file(args.config_file)
         cfg.merge_from_list(args.opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"  # the same yaml runs on a GPU machine and on this CPU one
@@ -48,6 +59,8 @@ def setup(args):
     default_setup(cfg, args)
     # default_setup configures only the "detectron2" and "fvcore" loggers.
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="quant_det")
+    for note in notes:
+        logger.info(f"original-fork config: {note}")
     if cfg.SEED >= 0:
         make_torchscript_reproducible()
     register_datasets_for(cfg)

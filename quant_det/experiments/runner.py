@@ -104,6 +104,7 @@ def execute(run, root, log=print):
     os.makedirs(out_dir, exist_ok=True)
     cmd = build_command(run, root, resume=status == "partial")
     log(f"[{'resume' if status == 'partial' else 'run'}] {run['name']}: {shlex.join(cmd)}")
+    commit = git_commit()  # the code that runs, not the code present when the run ends
     start = time.time()
     returncode = _stream(cmd, os.path.join(out_dir, "stdout.log"), log)
     if returncode != 0:
@@ -115,7 +116,7 @@ def execute(run, root, log=print):
         "name": run["name"], "config": run["config"], "opts": [str(o) for o in run.get("opts", [])],
         "init_from": run.get("init_from"), "meta": run.get("meta", {}),
         "command": shlex.join(build_command(run, root, python="python")),
-        "git_commit": git_commit(), "seed": seed, "wall_time_s": round(time.time() - start, 1),
+        "git_commit": commit, "seed": seed, "wall_time_s": round(time.time() - start, 1),
         "status": "done", "metrics": metrics, "resumed": status == "partial",
     }
     _write_json(os.path.join(out_dir, RUN_FILE), record)

@@ -22,7 +22,7 @@ RUN_FILE = "run.json"
 REQUIRED = ("config", "command", "git_commit", "seed", "metrics", "status")
 README_BEGIN, README_END = "<!-- dashboard:begin -->", "<!-- dashboard:end -->"
 MAIN_COLUMNS = ["Dataset", "Task Method", "Quantization method", "Model", "A/W", "Reported", "AP",
-                "Comment", "AP50", "AP75", "Command"]
+                "Comment", "AP50", "AP75", "Run", "Command"]
 REPORTED_COLUMNS = MAIN_COLUMNS[:8]
 FP32_BITS = 32
 
@@ -120,8 +120,13 @@ def main_rows(records):
         rows.append([run["dataset"], meta.get("task", "?"), meta.get("quant", "?"),
                      meta.get("model", "?"), meta.get("bits", "?"), "no", f"{bbox['AP']:.1f}",
                      comment, f"{bbox.get('AP50', float('nan')):.1f}",
-                     f"{bbox.get('AP75', float('nan')):.1f}", f"`{run['command']}`"])
+                     f"{bbox.get('AP75', float('nan')):.1f}", _run_id(run), f"`{run['command']}`"])
     return rows
+
+
+def _run_id(run):
+    """`<run set>/<row name>` (the run directory's last two parts): tells demo rows from sweep rows."""
+    return "/".join(os.path.dirname(run["path"]).replace(os.sep, "/").split("/")[-2:])
 
 
 def provenance_rows(records):

@@ -142,7 +142,7 @@ def _make_quantizer(method, role, bits, levels, per_channel=False, num_channels=
                            num_channels=num_channels)
 
 
-def quantize_module(module: nn.Module, name: str, spec: QuantizationSpec, wbits: int, abits: int):
+def quantize_module(module: nn.Module, spec: QuantizationSpec, wbits: int, abits: int):
     """Return the quantized replacement of one Conv2d/Linear `module`."""
     levels_w = spec.weight_levels if wbits == spec.weight_bits else 0
     levels_a = spec.act_levels if abits == spec.act_bits else 0
@@ -187,7 +187,7 @@ def quantize_model(model: nn.Module, spec: QuantizationSpec) -> List[Tuple[str, 
             rows.append((name, kind, "float", "float", f"SKIP {skip!r}"))
             continue
         wbits, abits, rule = spec.bits_for(name)
-        new = quantize_module(module, name, spec, wbits, abits)
+        new = quantize_module(module, spec, wbits, abits)
         parent_name, _, child = name.rpartition(".")
         _replace_module(model.get_submodule(parent_name), child, module, new)
         rows.append((name, kind, _describe(new.weight_quantizer), _describe(new.input_quantizer),

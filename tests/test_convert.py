@@ -80,3 +80,14 @@ def test_unknown_scope_path_lists_top_level_modules(cfg_loader):
     cfg.MODEL.QUANTIZATION.SCOPE = ["backbone", "heads"]
     with pytest.raises(KeyError, match=r"SCOPE\[1\]='heads'.*backbone.*head"):
         convert_to_quantization(build_model(cfg), cfg)
+
+
+def test_fpn_convs_used_through_lists_are_the_quantized_ones(cfg_loader):
+    cfg = cfg_loader(CONFIGS[1], *QUANT)
+    model = build_model(cfg)
+    convert_to_quantization(model, cfg)
+    fpn = model.backbone
+    used = [*fpn.lateral_convs, *fpn.output_convs]
+    registered = {id(m) for n, m in fpn.named_children() if n.startswith("fpn_")}
+    assert len(used) == 6 and all(isinstance(c, QuantConv2d) for c in used)
+    assert {id(c) for c in used} == registered  # forward calls the swapped modules

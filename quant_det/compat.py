@@ -36,7 +36,7 @@ _FIXED = {
     "MODEL.BACKBONE.ANTI_ALIAS": [False], "MODEL.RESNETS.DEFORM_INTERVAL": [1],
     "INPUT.HFLIP_TRAIN": [True], "INPUT.CROP.CROP_INSTANCE": [True],
     Q + "fm_half_range": [True], Q + "wt_half_range": [False], Q + "fm_adaptive": ["none"],
-    Q + "wt_adaptive": ["none"], Q + "fm_grad_type": ["none"], Q + "wt_grad_type": ["none"],
+    Q + "wt_adaptive": ["none", "var-mean"], Q + "fm_grad_type": ["none"], Q + "wt_grad_type": ["none"],
     Q + "fm_quant_group": [0, 1], Q + "wt_quant_group": [0, 1], Q + "probe_list": [[]],
     Q + "progressive.enable": [False], **{Q + f"{t}_{k}": [v] for t in ("fm", "wt") for k, v in
                                           (("separator", 0.38), ("ratio", 1.0), ("scale", 0.5))},
@@ -141,6 +141,8 @@ def _translate_quantization(q, out, notes, bad):
             _set(out, Q + side + ".BITS", _bits(q, tag, bad)[0])
             _set(out, Q + side + ".LEVELS", _bits(q, tag, bad)[1])
     _set(out, Q + "WEIGHT.PER_CHANNEL", int(q.get("wt_quant_group", 0)) == 0 and weight != "none")
+    if q.get("wt_adaptive", "none") == "var-mean":  # standardized over the quant group, as ours
+        _set(out, Q + "WEIGHT.STANDARDIZE", True)
     if wt_on and weight == "none":
         notes.append(f"{Q}keyword {q.get('keyword')}: no weight quantizer in the fork -> WEIGHT.METHOD none")
     if weight == "lsq" and "symmetry" not in q.get("keyword", []):

@@ -90,6 +90,10 @@ def add_quantization_config(cfg):
     q.WEIGHT.LEVELS = 0
     # Per-output-channel step/scale (lsq, xnor, ternary, lqnet) instead of one per tensor.
     q.WEIGHT.PER_CHANNEL = False
+    # Standardize the float weight before quantizing it (the original fork's wt_adaptive
+    # "var-mean"): w' = (w - mean) / std, statistics per output channel if PER_CHANNEL else over
+    # the whole tensor, computed without gradient. False | True.
+    q.WEIGHT.STANDARDIZE = False
     q.ACT = CN()
     # One of ACT_METHODS: "none" | "dorefa" | "pact" | "lsq" | "lqnet".
     q.ACT.METHOD = "none"

@@ -57,6 +57,7 @@ class QuantizationSpec:
     weight_bits: int = 4
     weight_levels: int = 0
     per_channel: bool = False
+    weight_standardize: bool = False
     act_method: str = "none"
     act_bits: int = 4
     act_levels: int = 0
@@ -70,6 +71,7 @@ class QuantizationSpec:
             mode=q.MODE, calib_iters=q.CALIB_ITERS,
             weight_method=q.WEIGHT.METHOD, weight_bits=q.WEIGHT.BITS,
             weight_levels=q.WEIGHT.LEVELS, per_channel=q.WEIGHT.PER_CHANNEL,
+            weight_standardize=q.WEIGHT.STANDARDIZE,
             act_method=q.ACT.METHOD, act_bits=q.ACT.BITS, act_levels=q.ACT.LEVELS,
         )
         spec.validate()
@@ -150,7 +152,7 @@ def quantize_module(module: nn.Module, spec: QuantizationSpec, wbits: int, abits
                          module.weight.shape[0])
     aq = _make_quantizer(spec.act_method, "act", abits, levels_a)
     cls = QuantConv2d if isinstance(module, nn.Conv2d) else QuantLinear
-    return cls.from_float(module, wq, aq)
+    return cls.from_float(module, wq, aq, standardize_weight=spec.weight_standardize and wbits != FLOAT_BITS)
 
 
 def convert_to_quantization(model: nn.Module, cfg) -> List[Tuple[str, ...]]:

@@ -14,7 +14,7 @@ ROOT = os.path.join(os.path.dirname(__file__), "fixtures", "original_configs")
 FCOS_DIR = os.path.join(ROOT, "AdelaiDet", "configs", "FCOS-Detection")
 RETINA_DIR = os.path.join(ROOT, "detectron2", "configs", "COCO-Detection")
 # Every quantized original config uses weight standardization and the fork's FPN ReLU placement.
-ALLOW = ["MODEL.QUANTIZATION.wt_adaptive", "MODEL.FPN"]
+ALLOW = ["MODEL.FPN"]
 BACKBONE_SCOPE = ["backbone.bottom_up.res2", "backbone.bottom_up.res3", "backbone.bottom_up.res4",
                   "backbone.bottom_up.res5", "backbone.fpn_lateral3", "backbone.fpn_output3",
                   "backbone.fpn_lateral4", "backbone.fpn_output4", "backbone.fpn_lateral5",
@@ -62,7 +62,8 @@ def test_fixture_translates_merges_and_builds(name):
     assert list(q.SCOPE) == scope and list(q.SKIP) == skip and [list(p) for p in q.POLICY] == policy
     if fcos_norm:
         assert cfg.MODEL.FCOS.NORM == fcos_norm
-    assert any("wt_adaptive" in n and "accepted by allow" in n for n in notes)
+    assert q.WEIGHT.STANDARDIZE  # wt_adaptive "var-mean"
+    assert any("MODEL.FPN" in n and "accepted by allow" in n for n in notes)
 
     cfg.MODEL.DEVICE = "cpu"
     model = build_model(cfg)
@@ -117,8 +118,7 @@ def test_unsupported_keys_raise_one_error_naming_all(tmp_path):
     assert is_original_config(str(bad))
     with pytest.raises(ValueError) as err:
         translate_original_config(str(bad))
-    for text in ("MODEL.FCOS.USE_SCALE: True", "MODEL.FCOS.NOT_SHARED_HEAD: True", "'gamma'",
-                 "MODEL.QUANTIZATION.wt_adaptive: 'var-mean'"):
+    for text in ("MODEL.FCOS.USE_SCALE: True", "MODEL.FCOS.NOT_SHARED_HEAD: True", "'gamma'"):
         assert text in str(err.value)
 
 
@@ -131,6 +131,6 @@ def test_train_net_setup_refuses_an_original_yaml_naming_its_unsupported_keys(tm
     from quant_det.engine.run import argument_parser, setup
     path = os.path.join(FCOS_DIR, "R_18_1x-Full-SyncBN-lsq-2bit.yaml")
     args = argument_parser().parse_args(["--config-file", path, "OUTPUT_DIR", str(tmp_path)])
-    with pytest.raises(ValueError, match="wt_adaptive"):
+    with pytest.raises(ValueError, match="MODEL.FPN"):
         setup(args)
     assert not os.listdir(tmp_path)  # refused before anything was written

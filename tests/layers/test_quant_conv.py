@@ -46,3 +46,23 @@ def test_quantized_conv_uses_quantized_weight_and_input():
     assert not torch.equal(q(x), conv(x))
     # 2-bit DoReFa weights lie on at most 4 levels
     assert wq(conv.weight).unique().numel() <= 4
+
+
+def test_standardized_weight_matches_the_var_mean_formula():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3, bias=False)
+    with torch.no_grad():
+        conv.weight.mul_(torch.arange(1.0, 5.0).view(4, 1, 1, 1)).add_(0.3)
+    for per_channel in (False, True):
+        wq = build_quantizer("lsq", "weight", 4, per_channel=per_channel, num_channels=4)
+        q = QuantConv2d.from_float(conv, wq, build_quantizer("none", "act", 8),
+                                   standardize_weight=True)
+        seen = []
+        q.weight_quantizer.forward = lambda w: seen.append(w) or w  # capture the quantizer's input
+        q(torch.randn(1, 3, 5, 5))
+        w = conv.weight.detach()
+        flat = w.reshape(4, -1) if per_channel else w.reshape(1, -1)
+        mean, std = flat.mean(1), flat.std(1)  # unbiased, as torch.std_mean
+        ref = (flat - mean[:, None]) / std[:, None]
+        torch.testing.assert_close(seen[0].reshape(flat.shape), ref)
+        assert abs(seen[0].mean().item()) < 1e-6

@@ -38,6 +38,11 @@ class _QuantBits:
     def act_bits(self) -> int:
         return self.input_quantizer.bits
 
+    def _set_quantizers(self, weight_quantizer, input_quantizer, standardize_weight):
+        self.weight_quantizer = weight_quantizer
+        self.input_quantizer = input_quantizer
+        self.standardize_weight = standardize_weight
+
     def quantized_weight(self) -> torch.Tensor:
         w = self.weight
         if self.standardize_weight:
@@ -51,9 +56,7 @@ class QuantConv2d(_QuantBits, Conv2d):
     def __init__(self, *args, weight_quantizer: nn.Module, input_quantizer: nn.Module,
                  standardize_weight: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
-        self.weight_quantizer = weight_quantizer
-        self.input_quantizer = input_quantizer
-        self.standardize_weight = standardize_weight
+        self._set_quantizers(weight_quantizer, input_quantizer, standardize_weight)
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, weight_quantizer, input_quantizer,
@@ -86,9 +89,7 @@ class QuantLinear(_QuantBits, nn.Linear):
     def __init__(self, in_features, out_features, bias=True, *, weight_quantizer, input_quantizer,
                  standardize_weight: bool = False):
         super().__init__(in_features, out_features, bias=bias)
-        self.weight_quantizer = weight_quantizer
-        self.input_quantizer = input_quantizer
-        self.standardize_weight = standardize_weight
+        self._set_quantizers(weight_quantizer, input_quantizer, standardize_weight)
 
     @classmethod
     def from_float(cls, linear: nn.Linear, weight_quantizer, input_quantizer,

@@ -7,14 +7,61 @@ Examples:
       --prefix backbone.bottom_up.
   # the original model-quantization project's low-bit ResNet-18, previewed only
   tools/rename_checkpoint.py lsq_a2w2.pth --rules model-quantization-resnet --dry-run
+  # ... with its quantizer values converted into ours (LSQ-native 2-bit per-channel weights,
+  # LSQ 2-bit activations); what cannot be converted exactly is listed with the reason
+  tools/rename_checkpoint.py lsq_a2w2.pth R-18-w2a2.pth --rules model-quantization-resnet \
+      --convert-quantizers --weight-method lsq-native --weight-bits 2 --weight-per-channel \
+      --act-method lsq --act-bits 2
   # paired mapping files (brace expansion allowed) and extra anchored regexes
   tools/rename_checkpoint.py in.pth out.pth --mf from.txt --mt to.txt --rule 'head\.(.*)=>fcos.\1'
 """
 import argparse
 import sys
 
+from quant_det.checkpoint.quantizer_values import OUR_TARGETS, THEIR_METHODS, SourceQuantizer
 from quant_det.checkpoint.rename import format_report, rename_checkpoint
 from quant_det.checkpoint.rules import RULE_SETS
+
+RANGES = {"signed": True, "unsigned": False}
+
+
+def add_quantizer_options(p):
+    g = p.add_argument_group(
+        "quantizer values (model-quantization checkpoints; the original run's settings, which its "
+        "checkpoint does not store)")
+    g.add_argument("--convert-quantizers", action="store_true",
+                   help="convert their clip_val/basis into our quantizer state where exact")
+    for role, name, tag in (("weight", "weight", "wt"), ("act", "activation", "fm")):
+        g.add_argument(f"--{role}-method", choices=THEIR_METHODS[role], help=f"their {name} method")
+        g.add_argument(f"--{role}-bits", type=int, help=f"their {tag}_bit")
+        g.add_argument(f"--{role}-levels", type=int, default=0, help=f"their {tag}_level (0: 2**bits)")
+        g.add_argument(f"--{role}-range", choices=sorted(RANGES),
+                       help=f"their {name} grid, i.e. not their {tag}_half_range (default as theirs: "
+                            f"{'signed' if role == 'weight' else 'unsigned'}; lqnet reads it from its codes)")
+        g.add_argument(f"--{role}-target", choices=OUR_TARGETS[role], default="",
+                       help="our method to convert into (default: the same method; lsq-native -> lsq)")
+    g.add_argument("--weight-per-channel", action="store_true",
+                   help="our weight quantizers are per channel (MODEL.QUANTIZATION.WEIGHT.PER_CHANNEL)")
+
+
+def quantizer_sources(p, args):
+    """{"weight"/"act": SourceQuantizer} from the options, or None without --convert-quantizers."""
+    roles = [r for r in ("weight", "act") if getattr(args, f"{r}_method")]
+    if not args.convert_quantizers:
+        if roles:
+            p.error(f"--{roles[0]}-method needs --convert-quantizers")
+        return None
+    if not roles:
+        p.error("--convert-quantizers needs --weight-method and/or --act-method")
+    sources = {}
+    for r in roles:
+        if getattr(args, f"{r}_bits") is None:
+            p.error(f"--{r}-method needs --{r}-bits")
+        signed = RANGES.get(getattr(args, f"{r}_range"))
+        sources[r] = SourceQuantizer(getattr(args, f"{r}_method"), getattr(args, f"{r}_bits"),
+                                     getattr(args, f"{r}_levels"), signed, getattr(args, f"{r}_target"),
+                                     per_channel=r == "weight" and args.weight_per_channel)
+    return sources
 
 
 def parse_args(argv=None):
@@ -32,7 +79,9 @@ def parse_args(argv=None):
     p.add_argument("--force", action="store_true", help="overwrite an existing output (never the input)")
     p.add_argument("--unsafe-pickle", action="store_true",
                    help="torch.load with weights_only=False (only for files you trust)")
+    add_quantizer_options(p)
     args = p.parse_args(argv)
+    args.quantizer_sources = quantizer_sources(p, args)
     if bool(args.mf) != bool(args.mt):
         p.error("--mf and --mt go together")
     if not args.dry_run and not args.output:
@@ -48,6 +97,7 @@ def main(argv=None) -> int:
             mapping_files=[(args.mf, args.mt)] if args.mf else [], regex_rules=args.rule,
             prefix=args.prefix, keep_unmatched=args.keep_unmatched, dry_run=args.dry_run,
             force=args.force, unsafe_pickle=args.unsafe_pickle,
+            quantizer_sources=args.quantizer_sources,
         )
     except (ValueError, KeyError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 
 from .checkpointer import atomic_torch_save
+from .convert_quantizers import QuantizerReport, convert_renamed_quantizers
+from .quantizer_values import SourceQuantizer
 from .rules import RenameRule, collect_rules
 
 AUTHOR = "quant_det rename_checkpoint"
@@ -35,6 +37,7 @@ class RenameResult:
     renamed: List[Tuple[str, str]] = field(default_factory=list)  # (old, new), input order
     dropped: List[Tuple[str, str]] = field(default_factory=list)  # (old, rule origin)
     unconverted: List[str] = field(default_factory=list)  # no rule matched
+    quantizers: Optional[QuantizerReport] = None  # set when quantizer values were converted
 
 
 def rename_state_dict(state_dict: Dict[str, torch.Tensor], rules: Sequence[RenameRule],
@@ -131,11 +134,15 @@ def save_detectron2_weights(state_dict: Dict[str, torch.Tensor], path: str) -> N
 def rename_checkpoint(src: str, dst: Optional[str] = None, *, rule_set: Optional[str] = None,
                       mapping_files: Sequence[Tuple[str, str]] = (), regex_rules: Sequence[str] = (),
                       prefix: str = "", keep_unmatched: bool = False, dry_run: bool = False,
-                      force: bool = False, unsafe_pickle: bool = False) -> RenameResult:
+                      force: bool = False, unsafe_pickle: bool = False,
+                      quantizer_sources: Optional[Dict[str, SourceQuantizer]] = None) -> RenameResult:
     """Read `src`, rename its keys, and (unless `dry_run`) write `dst`; return the RenameResult.
 
     Rules: `mapping_files` pairs (FROM.txt, TO.txt), then `regex_rules` ('REGEX=>REPLACEMENT'),
     then the built-in `rule_set` (see rules.RULE_SETS); the first fullmatch wins.
+    `quantizer_sources` ({"weight"/"act": SourceQuantizer}) converts the original
+    model-quantization project's quantizer tensors, once moved, into ours
+    (see convert_quantizers.py); the outcome is in `result.quantizers`.
     """
     rules = collect_rules(rule_set, mapping_files, regex_rules)
     if not rules:
@@ -144,8 +151,12 @@ def rename_checkpoint(src: str, dst: Optional[str] = None, *, rule_set: Optional
         if not dst:
             raise ValueError("an output path is required unless dry_run")
         check_output_path(src, dst, force)
-    result = rename_state_dict(read_source_state_dict(src, unsafe_pickle), rules, prefix,
-                               keep_unmatched)
+    if quantizer_sources:
+        quantizer_sources = {role: q.validate(role) for role, q in quantizer_sources.items()}
+    source = read_source_state_dict(src, unsafe_pickle)
+    result = rename_state_dict(source, rules, prefix, keep_unmatched)
+    if quantizer_sources:
+        result.quantizers = convert_renamed_quantizers(source, result, quantizer_sources)
     if not result.state_dict:
         raise ValueError(f"no key of {src!r} was converted; check the rules "
                          f"(first keys: {result.unconverted[:5]})")
@@ -155,12 +166,15 @@ def rename_checkpoint(src: str, dst: Optional[str] = None, *, rule_set: Optional
 
 
 def format_report(result: RenameResult) -> str:
-    """'old -> new' per renamed key, then dropped and unconverted keys, then counts."""
+    """'old -> new' per renamed key, then dropped and unconverted keys, converted and
+    not converted quantizers (if any), then counts."""
     lines = [f"{old} -> {new}" for old, new in result.renamed]
     lines += [f"{old} -> (dropped by {origin})" for old, origin in result.dropped]
     if result.unconverted:
         lines.append(f"unconverted ({len(result.unconverted)}):")
         lines += [f"  {key}" for key in result.unconverted]
+    if result.quantizers is not None:
+        lines += result.quantizers.lines()
     lines.append(f"{len(result.renamed)} renamed, {len(result.dropped)} dropped, "
                  f"{len(result.unconverted)} unconverted")
     return "\n".join(lines)

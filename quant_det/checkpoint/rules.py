@@ -21,13 +21,18 @@ Built-in rule sets (`RULE_SETS`), all producing detectron2 ResNet backbone names
   `custom_conv`'s quantizer tensors, moved under our submodule names with their own leaf name:
   `<conv>.quant_weight.<p>` -> `<conv>.weight_quantizer.<p>`, `<conv>.quant_activation.<p>` ->
   `<conv>.input_quantizer.<p>`. Their bookkeeping (`iteration`, `level_num`) is dropped;
-  `quant_output.*` (we have no output quantizer) stays unconverted. The moved tensors are NOT
-  renamed to ours (`lsq.step`, `pact.alpha`, `lqnet.basis`) because no renaming is exact: their
-  `clip_val` is a clipping range (LSQ step = clip_val / (levels - 1) only for unsigned
-  activations; their signed LSQ grid has no zero level), shapes differ ([1] vs 0-d, [G,1,1,1] vs
-  [C]) and their LQ-Net basis is [bits, G] vs our [C, bits]. They load as unused keys, and our
-  quantizers, whose `initialized` buffer stays 0, estimate their range from the first batch (or
-  MODE "calibrate"), as they would from a float checkpoint.
+  `quant_output.*` (we have no output quantizer) stays unconverted. Renaming alone cannot make
+  their values ours (their `clip_val` is a clipping range, not a step; their signed LSQ grid has
+  no zero level for even level counts; shapes [G,1,1,1] vs [C]; their LQ-Net basis is [bits, G]
+  vs our [C, bits]), so the moved tensors keep their leaf names. With `--convert-quantizers`
+  (rename_checkpoint's `quantizer_sources`, see convert_quantizers.py and quantizer_values.py)
+  each quantizer whose levels our target method can hold exactly is replaced by our state
+  (`step`/`signed`, `alpha` or `basis`, and `initialized` = 1 so no data-driven init overwrites
+  it), checked against the stored `level_num`; the others are reported with the reason and keep
+  their moved tensors. Moved tensors that stay are ignored by `load_state_dict(strict=False)`
+  and our quantizers then estimate their range from data, but QuantDetCheckpointer (MODEL.WEIGHTS)
+  refuses a file whose quantizer keys differ from the model's: convert them, or drop them with
+  `--rule '.*\\.quant_(weight|activation)\\.\\w+=>'`.
 """
 import itertools
 import re

@@ -12,6 +12,7 @@ from detectron2.config import CfgNode as CN
 WEIGHT_METHODS = ("none", "dorefa", "lsq", "lqnet", "xnor", "ternary")
 ACT_METHODS = ("none", "dorefa", "pact", "lsq", "lqnet")
 MODES = ("qat", "calibrate", "eval")
+FPN_RELU_PLACEMENTS = ("output", "fork", "all_convs")
 
 
 def add_fcos_config(cfg):
@@ -40,18 +41,30 @@ def add_fcos_config(cfg):
 
 
 def add_fpn_bn_config(cfg):
-    """MODEL.FPN.{USE_RELU, TOP_BLOCK_IN_FEATURE}, read by quant_det's P6/P7 FPN backbone builder.
+    """MODEL.FPN.{USE_RELU, RELU_PLACEMENT, TOP_BLOCK_IN_FEATURE}, read by quant_det's P6/P7 FPN
+    backbone builder.
 
     The norm itself is detectron2's MODEL.FPN.NORM ("", "BN", "SyncBN", "GN", ...).
     """
     # Input of the P6/P7 top block: "res5" (RetinaNet paper, detectron2's yacs RetinaNet) or
     # "p5" (FCOS paper, detectron2's lazy FCOS).
     cfg.MODEL.FPN.TOP_BLOCK_IN_FEATURE = "res5"
-    # If True, a ReLU follows every FPN output conv and the P6/P7 convs. Together with
-    # MODEL.FPN.NORM "BN"/"SyncBN"/"GN" (which quant_det applies to the P6/P7 convs too, whatever
-    # USE_RELU is) this is the "FPN-BN" recipe: FPN outputs become non-negative, like post-ReLU
-    # activations, which suits unsigned activation quantizers in the head.
+    # If True, a ReLU follows the P6/P7 convs and the FPN convs RELU_PLACEMENT names (by default
+    # every FPN output conv). Together with MODEL.FPN.NORM "BN"/"SyncBN"/"GN" (which quant_det
+    # applies to the P6/P7 convs too, whatever USE_RELU is) this is the "FPN-BN" recipe: FPN
+    # outputs become non-negative, like post-ReLU activations, which suits unsigned activation
+    # quantizers in the head.
     cfg.MODEL.FPN.USE_RELU = False
+    # Where the ReLUs of USE_RELU go (ignored when USE_RELU is False); one of FPN_RELU_PLACEMENTS.
+    # Every placement ReLUs P6 and P7. Below, M5 = lateral5(C5), Mi = lateral_i(Ci) + up(M(i+1)).
+    # "output": Pi = ReLU(output_i(Mi)) for every level; laterals and sums Mi stay linear.
+    # "fork": the original fork's USE_RELU (blueardour/detectron2, branch quantization):
+    #   Mi = ReLU(lateral_i(Ci) + up(M(i+1))) and Pi = ReLU(output_i(Mi)) below the top level;
+    #   the top level stays linear (M5, P5), so P5 and, for FCOS, the P6 input can be negative.
+    # "all_convs": the original fork's NORM "<norm>-ReLU": a ReLU after every FPN conv (norm, if
+    #   any, first), laterals included, so every Mi and Pi is non-negative. (The fork's checkpoints
+    #   store these norms as `norm.0.*`; ours as `norm.*`, like every other FPN norm.)
+    cfg.MODEL.FPN.RELU_PLACEMENT = "output"
 
 
 def add_weight_extra_config(cfg):

@@ -7,7 +7,7 @@ changes what the network computes without a quant_det equivalent is named in ONE
 the caller accepts it with `allow=[key prefix, ...]` (closest equivalent or dropped, with a note).
 Index-based `policy` files become SKIP/POLICY regexes by walking SCOPE of the built float model.
 
-Example: notes = merge_original_config(cfg, "R_18_1x-Full-SyncBN-lsq-2bit.yaml", allow=["MODEL.FPN"])
+Example: notes = merge_original_config(cfg, "R_18_1x-Full-SyncBN-lsq-2bit.yaml", allow=["MODEL.FCOS"])
 """
 import copy
 import functools
@@ -242,12 +242,12 @@ def translate_original_config(src, allow=()):
         _set(out, "MODEL.FPN.TOP_BLOCK_IN_FEATURE", "p5" if "fcos" in backbone else "res5")
     elif backbone:
         flat["MODEL.BACKBONE.NAME"] = backbone
-    norm = str(flat.get("MODEL.FPN.NORM", ""))
-    if norm.endswith("-ReLU"):  # the fork's get_norm: BN then ReLU in every FPN conv, laterals included
-        bad["MODEL.FPN.NORM"] = f"{norm!r} (closest: NORM {norm[:-5]!r} + USE_RELU; laterals stay linear)"
-        flat["MODEL.FPN.NORM"], flat["MODEL.FPN.USE_RELU"] = norm[:-5], True
-    elif flat.get("MODEL.FPN.USE_RELU"):
-        bad["MODEL.FPN.USE_RELU"] = "True (the fork ReLUs top-down sums, not P5; ours ReLUs every output)"
+    norm, _, act = str(flat.get("MODEL.FPN.NORM", "")).partition("-")  # fork's get_norm: "<norm>-<act>"
+    if act not in ("", "ReLU"):
+        bad["MODEL.FPN.NORM"] = f"'{norm}-{act}' (of the fork's norm suffixes quant_det has '-ReLU' only)"
+    elif act or flat.get("MODEL.FPN.USE_RELU"):  # "-ReLU" with USE_RELU: same, ReLU(ReLU(x)) = ReLU(x)
+        flat.update({"MODEL.FPN.NORM": norm, "MODEL.FPN.USE_RELU": True,
+                     "MODEL.FPN.RELU_PLACEMENT": "all_convs" if act else "fork"})
     if flat.get("MODEL.FCOS.NUM_BOX_CONVS", 4) != flat.get("MODEL.FCOS.NUM_CLS_CONVS", 4):
         bad["MODEL.FCOS.NUM_BOX_CONVS"] = f"{flat['MODEL.FCOS.NUM_BOX_CONVS']} (must equal NUM_CLS_CONVS)"
     if "MODEL.FCOS.INFERENCE_TH_TEST" in flat:  # dropped if allowed; ours thresholds sqrt(cls * ctr)

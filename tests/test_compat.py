@@ -9,18 +9,17 @@ import quant_det.modeling  # noqa: F401  (registers FCOS and the FPN-BN backbone
 from quant_det.compat import is_original_config, merge_original_config, translate_original_config
 from quant_det.config import add_quant_det_config
 from quant_det.convert import convert_to_quantization
+from quant_det.modeling.fpn_relu import TopDownReLUFPN
 
 ROOT = os.path.join(os.path.dirname(__file__), "fixtures", "original_configs")
 FCOS_DIR = os.path.join(ROOT, "AdelaiDet", "configs", "FCOS-Detection")
 RETINA_DIR = os.path.join(ROOT, "detectron2", "configs", "COCO-Detection")
-# Every quantized original config uses weight standardization and the fork's FPN ReLU placement.
-ALLOW = ["MODEL.FPN"]
 BACKBONE_SCOPE = ["backbone.bottom_up.res2", "backbone.bottom_up.res3", "backbone.bottom_up.res4",
                   "backbone.bottom_up.res5", "backbone.fpn_lateral3", "backbone.fpn_output3",
                   "backbone.fpn_lateral4", "backbone.fpn_output4", "backbone.fpn_lateral5",
                   "backbone.fpn_output5", "backbone.top_block"]
 CASES = {  # fixture -> (META_ARCHITECTURE, bits, SCOPE, SKIP, POLICY, FCOS.NORM)
-    "R_18_1x-Full-SyncBN-lsq-2bit.yaml": (
+    "R_18_1x-Full-SyncBN-lsq-2bit.yaml": (  # the only fixture with USE_RELU, all others "SyncBN-ReLU"
         "FCOS", 2, BACKBONE_SCOPE + ["head.cls_subnet", "head.bbox_subnet"], [], [], "SyncBN"),
     "R_18_1x-Full-SyncBN-FixFPN-FixPoint-lsq-M2F8L8.yaml": (
         "FCOS", 2, ["backbone", "head"], [r"head\.cls_score"],
@@ -51,22 +50,25 @@ def test_fixture_translates_merges_and_builds(name):
     path = fixture(name)
     assert is_original_config(path)
     cfg = fresh_cfg()
-    notes = merge_original_config(cfg, path, allow=ALLOW)
+    notes = merge_original_config(cfg, path)
     q = cfg.MODEL.QUANTIZATION
     assert cfg.MODEL.META_ARCHITECTURE == meta
     assert cfg.MODEL.BACKBONE.NAME == "build_quant_det_resnet_fpn_backbone"
     assert cfg.MODEL.FPN.TOP_BLOCK_IN_FEATURE == ("p5" if meta == "FCOS" else "res5")
-    assert (cfg.MODEL.FPN.NORM, cfg.MODEL.FPN.USE_RELU) == ("SyncBN", True)
+    placement = "fork" if name == "R_18_1x-Full-SyncBN-lsq-2bit.yaml" else "all_convs"
+    assert (cfg.MODEL.FPN.NORM, cfg.MODEL.FPN.USE_RELU, cfg.MODEL.FPN.RELU_PLACEMENT) == (
+        "SyncBN", True, placement)
     assert (q.WEIGHT.METHOD, q.WEIGHT.BITS, q.WEIGHT.PER_CHANNEL) == ("lsq", bits, False)  # wt_quant_group 1
     assert (q.ACT.METHOD, q.ACT.BITS, q.ACT.LEVELS) == ("lsq", bits, 0)
     assert list(q.SCOPE) == scope and list(q.SKIP) == skip and [list(p) for p in q.POLICY] == policy
     if fcos_norm:
         assert cfg.MODEL.FCOS.NORM == fcos_norm
     assert q.WEIGHT.STANDARDIZE  # wt_adaptive "var-mean"
-    assert any("MODEL.FPN" in n and "accepted by allow" in n for n in notes)
+    assert not [n for n in notes if "accepted by allow" in n]  # nothing approximated or dropped
 
     cfg.MODEL.DEVICE = "cpu"
     model = build_model(cfg)
+    assert isinstance(model.backbone, TopDownReLUFPN) == (placement == "fork")
     rows = {r[0]: r for r in convert_to_quantization(model, cfg)}
     stem = rows["backbone.bottom_up.stem.conv1"]
     if "M2F8L8" in name and meta == "FCOS":
@@ -127,10 +129,37 @@ def test_our_configs_are_not_original():
     assert not is_original_config(os.path.join(repo, "configs/digits/quant/fcos_R_18_FPN_w4a4_lsq.yaml"))
 
 
+def fpn_keys(fpn):
+    """MODEL.FPN of the translation of an original yaml whose MODEL.FPN is `fpn`."""
+    return translate_original_config({"MODEL": {"FPN": fpn}})[0]["MODEL"]["FPN"]
+
+
+def test_fork_fpn_relus_translate_to_their_placement():
+    assert fpn_keys({"NORM": "SyncBN", "USE_RELU": True}) == {
+        "NORM": "SyncBN", "USE_RELU": True, "RELU_PLACEMENT": "fork"}
+    assert fpn_keys({"NORM": "GN", "USE_RELU": True}) == {
+        "NORM": "GN", "USE_RELU": True, "RELU_PLACEMENT": "fork"}
+    for norm in ("BN", "SyncBN", "GN"):
+        expected = {"NORM": norm, "USE_RELU": True, "RELU_PLACEMENT": "all_convs"}
+        assert fpn_keys({"NORM": f"{norm}-ReLU"}) == expected
+        # The fork's later versions assert against both; the earlier ones ReLU twice, which is once.
+        assert fpn_keys({"NORM": f"{norm}-ReLU", "USE_RELU": True}) == expected
+    assert fpn_keys({"NORM": "SyncBN", "USE_RELU": False}) == {"NORM": "SyncBN", "USE_RELU": False}
+    assert fpn_keys({"NORM": "BN"}) == {"NORM": "BN"}
+
+
+def test_other_fork_norm_suffixes_are_refused():
+    with pytest.raises(ValueError, match=r"MODEL.FPN.NORM: 'SyncBN-PReLU' \(.*'-ReLU' only\)"):
+        fpn_keys({"NORM": "SyncBN-PReLU"})
+
+
 def test_train_net_setup_refuses_an_original_yaml_naming_its_unsupported_keys(tmp_path):
     from quant_det.engine.run import argument_parser, setup
-    path = os.path.join(FCOS_DIR, "R_18_1x-Full-SyncBN-lsq-2bit.yaml")
-    args = argument_parser().parse_args(["--config-file", path, "OUTPUT_DIR", str(tmp_path)])
-    with pytest.raises(ValueError, match="MODEL.FPN"):
+    base = os.path.relpath(os.path.join(FCOS_DIR, "R_18_1x-Full-SyncBN-lsq-2bit.yaml"), tmp_path)
+    path = tmp_path / "prelu.yaml"
+    path.write_text(f'_BASE_: "{base}"\nMODEL:\n  FPN:\n    NORM: "SyncBN-PReLU"\n    USE_RELU: False\n')
+    out = tmp_path / "out"
+    args = argument_parser().parse_args(["--config-file", str(path), "OUTPUT_DIR", str(out)])
+    with pytest.raises(ValueError, match="MODEL.FPN.NORM"):
         setup(args)
-    assert not os.listdir(tmp_path)  # refused before anything was written
+    assert not out.exists()  # refused before anything was written

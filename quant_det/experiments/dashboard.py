@@ -32,7 +32,10 @@ def _check_provenance(path, run):
     missing = [k for k in REQUIRED if run.get(k) in (None, "")]
     if run.get("status") not in (None, "", "done"):
         missing.append(f"status=done (is {run['status']!r})")
-    if run.get("metrics") and "AP" not in run["metrics"].get("bbox", {}):
+    if run.get("kind") == "classifier":
+        if run.get("metrics") and "val_acc" not in run["metrics"].get("classification", {}):
+            missing.append("metrics.classification.val_acc")
+    elif run.get("metrics") and "AP" not in run["metrics"].get("bbox", {}):
         missing.append("metrics.bbox.AP")
     if missing:
         raise ValueError(f"{path}: run without provenance, missing {missing}; "
@@ -50,11 +53,13 @@ def _dataset(run_dir, run):
         return ", ".join(yaml.safe_load(f).get("DATASETS", {}).get("TEST", [])) or "?"
 
 
-def collect_runs(roots):
-    """Return the finished runs under `roots` (each run.json dict + "path" and "dataset").
+def collect_runs(roots, kind="detector"):
+    """Return the finished runs of `kind` ("detector" or "classifier") under `roots` (each
+    run.json dict + "path" and, for detectors, "dataset").
 
     Raises ValueError for a missing root or a run.json lacking provenance (REQUIRED fields,
-    status "done", metrics.bbox.AP), naming the file and the missing fields.
+    status "done", metrics.bbox.AP or metrics.classification.val_acc), naming the file and the
+    missing fields.
     """
     records = []
     for root in roots:
@@ -64,8 +69,11 @@ def collect_runs(roots):
             with open(path) as f:
                 run = json.load(f)
             _check_provenance(path, run)
+            if run.get("kind", "detector") != kind:
+                continue
             run = dict(run, path=path, meta=run.get("meta") or {})
-            run["dataset"] = _dataset(os.path.dirname(path), run)
+            if kind == "detector":
+                run["dataset"] = _dataset(os.path.dirname(path), run)
             records.append(run)
     return records
 
@@ -129,6 +137,24 @@ def _run_id(run):
     return "/".join(os.path.dirname(run["path"]).replace(os.sep, "/").split("/")[-2:])
 
 
+def classifier_section(classifiers):
+    """Markdown for the recipe's classification backbones (steps 1-3), or "" if there are none."""
+    if not classifiers:
+        return ""
+    rows = []
+    for run in sorted(classifiers, key=lambda r: r["path"]):
+        cls, meta = run["metrics"]["classification"], run["meta"]
+        rows.append([_run_id(run), meta.get("quant", "?"), meta.get("bits", "?"),
+                     f"{100 * cls['val_acc']:.1f}", f"{100 * cls['train_acc']:.1f}", cls["epochs"],
+                     run["git_commit"], f"{run.get('wall_time_s', 0) / 60:.1f}",
+                     f"`{run['command']}`"])
+    return "\n".join(["## Classification backbones (recipe steps 1-3)", "",
+                      "Digit-crop ResNet-18 classifiers, renamed to detectron2 names "
+                      "(`detectron2.pth`) for the detectors' MODEL.WEIGHTS.", "",
+                      _table(["Run", "Quantization method", "A/W", "val top-1 %", "train top-1 %",
+                              "epochs", "git commit", "wall min", "Command"], rows), ""])
+
+
 def provenance_rows(records):
     """One row per run: name, run.json path, git commit, seed, wall time, resumed."""
     return [[run["name"], f"`{run['path']}`", run["git_commit"], run["seed"],
@@ -164,13 +190,13 @@ def reported_section(tables):
     return "\n".join(parts)
 
 
-def render(records, tables, command, machine=None, plot_link=None, unfinished=()):
+def render(records, tables, command, machine=None, plot_link=None, unfinished=(), classifiers=()):
     """The whole DASHBOARD.md text."""
-    total_s = sum(run.get("wall_time_s", 0) for run in records)
+    total_s = sum(run.get("wall_time_s", 0) for run in list(records) + list(classifiers))
     parts = ["# Dashboard", "",
              f"Generated from the runs' `run.json` and `config.yaml`; do not edit. Regenerate "
              f"with `{command}`.", "",
-             f"- Runs: {len(records)}; total wall time {total_s / 3600:.2f} h (sum of "
+             f"- Runs: {len(records)} detectors, {len(classifiers)} classifiers; total wall time {total_s / 3600:.2f} h (sum of "
              "`wall_time_s`; a resumed run counts only its last attempt).",
              f"- Machine: {machine or 'not given (pass --machine)'}",
              "- A/W = activation bits / weight bits. Reported = whether the original reports "
@@ -183,6 +209,7 @@ def render(records, tables, command, machine=None, plot_link=None, unfinished=()
     parts += ["### Provenance", "",
               _table(["Run", "run.json", "git commit", "seed", "wall min", "resumed"],
                      provenance_rows(records)), ""]
+    parts.append(classifier_section(classifiers))
     parts.append(reported_section(tables))
     return "\n".join(parts).rstrip() + "\n"
 
@@ -253,6 +280,7 @@ def build(roots, out, readme=None, plot=None, machine=None, reported_dir="experi
     if readme and os.path.abspath(readme) == os.path.abspath(out):
         raise ValueError(f"--out {out!r} is the README; refusing to overwrite it whole")
     records = collect_runs(roots)
+    classifiers = collect_runs(roots, kind="classifier")
     tables = load_reported(reported_dir) if reported_dir and os.path.isdir(reported_dir) else []
     plot_link = None
     if plot:
@@ -260,9 +288,10 @@ def build(roots, out, readme=None, plot=None, machine=None, reported_dir="experi
         plot_link = os.path.relpath(plot, os.path.dirname(os.path.abspath(out)) or ".")
     unfinished = unfinished_runs(roots)
     with open(out, "w") as f:
-        f.write(render(records, tables, command, machine, plot_link, unfinished))
+        f.write(render(records, tables, command, machine, plot_link, unfinished, classifiers))
     if readme:
         link = os.path.relpath(out, os.path.dirname(os.path.abspath(readme)))
         replace_readme_section(readme, readme_section(records, link))
-    return {"runs": [r["path"] for r in records], "unfinished": unfinished, "out": out,
+    return {"runs": [r["path"] for r in records], "classifiers": [r["path"] for r in classifiers],
+            "unfinished": unfinished, "out": out,
             "plot": plot, "readme": readme, "reported": [t["path"] for t in tables]}

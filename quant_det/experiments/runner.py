@@ -12,8 +12,23 @@ A run set is a yaml file (e.g. `experiments/demo.yaml`):
         init_from: fcos_fp32           # MODEL.WEIGHTS <- <root>/fcos_fp32/model_final.pth
         meta: {task: FCOS, quant: LSQ, bits: "4/4"}   # free-form, shown by the dashboard
 
+Rows are detectors (tools/train_net.py) unless `kind: classifier`: steps (1)-(3) of the recipe,
+tools/train_classifier.py `--out <root>/<name> [--init <root>/<init_from>/model_final.pth] <args>`
+then tools/rename_checkpoint.py to `<root>/<name>/detectron2.pth` (detectron2 backbone names).
+A detector's `init_from` naming a classifier row loads that detectron2.pth as MODEL.WEIGHTS;
+`extra_from: <detector row>` sets MODEL.WEIGHT_EXTRA to its model_final.pth (double init):
+
+      - name: backbone_full
+        kind: classifier
+        args: [--epochs, 3]
+      - name: fcos_qbackbone_w2a2
+        config: configs/digits/quant/fcos_R_18_FPN_FullBN_qbackbone_w2a2_lsq.yaml
+        init_from: backbone_low_w2a2   # MODEL.WEIGHTS <- <root>/backbone_low_w2a2/detectron2.pth
+        extra_from: fcos_fp32          # MODEL.WEIGHT_EXTRA <- <root>/fcos_fp32/model_final.pth
+
 Each finished row leaves `<root>/<name>/run.json` (the provenance the dashboard requires):
-config, command, git commit, seed, wall time, status and the bbox metrics.
+config (classifier rows: the tool), command, git commit, seed, wall time, status and the
+metrics (bbox AP for detectors, top-1 accuracy for classifiers).
 """
 import json
 import os
@@ -27,26 +42,47 @@ import yaml
 
 RUN_FILE = "run.json"
 RESULTS_FILE = "eval_results.json"
+KINDS = ("detector", "classifier")
+CLASSIFIER_TOOL = "tools/train_classifier.py"
+CLASSIFIER_METRICS = "metrics.json"  # written by quant_det.experiments.classifier
+BACKBONE_FILE = "detectron2.pth"
+BACKBONE_PREFIX = "backbone.bottom_up."
 # Lines of train_net.py's log worth echoing: detectron2's periodic "eta: ..." line, errors.
 PROGRESS = re.compile(r"eta: |Error|Traceback|calibration batch")
 
 
 def load_run_set(path):
-    """Parse a run-set yaml; raise ValueError naming the file and the bad entry."""
+    """Parse a run-set yaml; raise ValueError naming the file and the bad entry.
+
+    Resolves each detector row's `init_from` to the file it loads (`init_file`: model_final.pth
+    of a detector row, detectron2.pth of a classifier row).
+    """
     with open(path) as f:
         spec = yaml.safe_load(f)
     if not isinstance(spec, dict) or "runs" not in spec or "root" not in spec:
         raise ValueError(f"{path}: a run set needs top-level 'root' and 'runs' keys")
-    names = set()
+    kinds = {}
     for i, run in enumerate(spec["runs"]):
-        missing = {"name", "config"} - set(run)
+        kind = run.setdefault("kind", "detector")
+        if kind not in KINDS:
+            raise ValueError(f"{path}: runs[{i}].kind={kind!r}; allowed: {list(KINDS)}")
+        missing = {"name"} | ({"config"} if kind == "detector" else set())
+        missing -= set(run)
         if missing:
             raise ValueError(f"{path}: runs[{i}] lacks {sorted(missing)}")
-        if run["name"] in names:
+        if run["name"] in kinds:
             raise ValueError(f"{path}: runs[{i}] repeats name {run['name']!r}")
-        if run.get("init_from") and run["init_from"] not in names:
-            raise ValueError(f"{path}: runs[{i}].init_from={run['init_from']!r} is not an earlier run")
-        names.add(run["name"])
+        init, extra = run.get("init_from"), run.get("extra_from")
+        if init and init not in kinds:
+            raise ValueError(f"{path}: runs[{i}].init_from={init!r} is not an earlier run")
+        if kind == "classifier" and (extra or (init and kinds[init] != "classifier")):
+            raise ValueError(f"{path}: runs[{i}] ({run['name']}): a classifier row is initialized "
+                             "only from an earlier classifier row (init_from), never extra_from")
+        if extra and kinds.get(extra) != "detector":
+            raise ValueError(f"{path}: runs[{i}].extra_from={extra!r} is not an earlier detector run")
+        if kind == "detector" and init:
+            run["init_file"] = BACKBONE_FILE if kinds[init] == "classifier" else "model_final.pth"
+        kinds[run["name"]] = kind
     return spec
 
 
@@ -75,15 +111,30 @@ def run_status(out_dir):
 
 
 def build_command(run, root, python=sys.executable, resume=False):
-    """The train_net.py command line of one row."""
+    """The train_net.py command line of one detector row."""
     out_dir = os.path.join(root, run["name"])
     cmd = [python, "tools/train_net.py", "--config-file", run["config"]]
     if resume:
         cmd.append("--resume")
     opts = ["OUTPUT_DIR", out_dir] + [str(o) for o in run.get("opts", [])]
     if run.get("init_from"):
-        opts += ["MODEL.WEIGHTS", os.path.join(root, run["init_from"], "model_final.pth")]
+        opts += ["MODEL.WEIGHTS", os.path.join(root, run["init_from"],
+                                               run.get("init_file", "model_final.pth"))]
+    if run.get("extra_from"):
+        opts += ["MODEL.WEIGHT_EXTRA", os.path.join(root, run["extra_from"], "model_final.pth")]
     return cmd + opts
+
+
+def build_classifier_commands(run, root, python=sys.executable):
+    """A classifier row's two command lines: train (or QAT-fine-tune) it, rename it for detectron2."""
+    out_dir = os.path.join(root, run["name"])
+    train = [python, CLASSIFIER_TOOL, "--out", out_dir]
+    if run.get("init_from"):
+        train += ["--init", os.path.join(root, run["init_from"], "model_final.pth")]
+    rename = [python, "tools/rename_checkpoint.py", os.path.join(out_dir, "model_final.pth"),
+              os.path.join(out_dir, BACKBONE_FILE), "--rules", "torchvision-resnet",
+              "--prefix", BACKBONE_PREFIX]
+    return [train + [str(a) for a in run.get("args", [])], rename]
 
 
 def _write_json(path, data):
@@ -102,20 +153,35 @@ def execute(run, root, log=print):
         with open(os.path.join(out_dir, RUN_FILE)) as f:
             return json.load(f)
     os.makedirs(out_dir, exist_ok=True)
-    cmd = build_command(run, root, resume=status == "partial")
-    log(f"[{'resume' if status == 'partial' else 'run'}] {run['name']}: {shlex.join(cmd)}")
+    classifier = run.get("kind") == "classifier"
+    if classifier:  # a few minutes, not checkpointed: an interrupted one starts over
+        status = "new"
+        cmds, shown = build_classifier_commands(run, root), build_classifier_commands(run, root, "python")
+    else:
+        cmds = [build_command(run, root, resume=status == "partial")]
+        shown = [build_command(run, root, python="python")]
     commit = git_commit()  # the code that runs, not the code present when the run ends
     start = time.time()
-    returncode = _stream(cmd, os.path.join(out_dir, "stdout.log"), log)
-    if returncode != 0:
-        raise RuntimeError(f"{run['name']} failed (exit {returncode}); see {out_dir}/stdout.log")
-    with open(os.path.join(out_dir, RESULTS_FILE)) as f:
-        metrics = json.load(f)
-    seed = _seed_from_config(os.path.join(out_dir, "config.yaml"))
+    for cmd in cmds:
+        log(f"[{'resume' if status == 'partial' else 'run'}] {run['name']}: {shlex.join(cmd)}")
+        returncode = _stream(cmd, os.path.join(out_dir, "stdout.log"), log)
+        if returncode != 0:
+            raise RuntimeError(f"{run['name']} failed (exit {returncode}); see {out_dir}/stdout.log")
+    if classifier:
+        with open(os.path.join(out_dir, CLASSIFIER_METRICS)) as f:
+            found = json.load(f)
+        metrics = {"classification": {k: found[k] for k in ("val_acc", "train_acc", "epochs")}}
+        seed, config = found["seed"], CLASSIFIER_TOOL
+    else:
+        with open(os.path.join(out_dir, RESULTS_FILE)) as f:
+            metrics = json.load(f)
+        seed, config = _seed_from_config(os.path.join(out_dir, "config.yaml")), run["config"]
     record = {
-        "name": run["name"], "config": run["config"], "opts": [str(o) for o in run.get("opts", [])],
-        "init_from": run.get("init_from"), "meta": run.get("meta", {}),
-        "command": shlex.join(build_command(run, root, python="python")),
+        "name": run["name"], "kind": run.get("kind", "detector"), "config": config,
+        "opts": [str(o) for o in run.get("opts", run.get("args", []))],
+        "init_from": run.get("init_from"), "extra_from": run.get("extra_from"),
+        "meta": run.get("meta", {}),
+        "command": " && ".join(shlex.join(c) for c in shown),
         "git_commit": commit, "seed": seed, "wall_time_s": round(time.time() - start, 1),
         "status": "done", "metrics": metrics, "resumed": status == "partial",
     }
@@ -140,12 +206,16 @@ def _seed_from_config(path):
         return yaml.safe_load(f).get("SEED")
 
 
-def run_set(path, only=None, log=print):
-    """Run every row of the run set at `path` (or the named ones); return their records."""
+def run_set(path, only=None, log=print, root=None):
+    """Run every row of the run set at `path` (or the named ones) under `root` (default: the
+    set's own root); return their records."""
     spec = load_run_set(path)
+    unknown = sorted(set(only or ()) - {run["name"] for run in spec["runs"]})
+    if unknown:
+        raise ValueError(f"--only: {unknown} are not rows of {path}")
     records = []
     for run in spec["runs"]:
         if only and run["name"] not in only:
             continue
-        records.append(execute(run, spec["root"], log=log))
+        records.append(execute(run, root or spec["root"], log=log))
     return records

@@ -119,3 +119,30 @@ def test_bits_are_activation_over_weight():
     assert dashboard.parse_bits("ter/ter") == (1.58, 1.58)
     with pytest.raises(ValueError, match="'4': expected 'A/W'"):
         dashboard.parse_bits("4")
+
+
+def test_classifier_runs_get_their_own_table_not_the_ap_table(two_runs, tmp_path):
+    run_dir = two_runs / "backbone_low"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text(json.dumps({
+        "name": "backbone_low", "kind": "classifier", "config": "tools/train_classifier.py",
+        "meta": {"quant": "LSQ", "bits": "2/2"}, "command": "python tools/train_classifier.py --out x",
+        "git_commit": "beef", "seed": 0, "wall_time_s": 120.0, "status": "done",
+        "metrics": {"classification": {"val_acc": 0.9123, "train_acc": 0.95, "epochs": 2}}}))
+    assert [r["name"] for r in dashboard.collect_runs([str(two_runs)])] == ["fcos_fp32", "fcos_w4a4"]
+    out = tmp_path / "D.md"
+    done = dashboard.build([str(two_runs)], str(out), reported_dir=None)
+    text = out.read_text()
+    assert done["classifiers"] == [str(run_dir / "run.json")]
+    assert "| runs/backbone_low | LSQ | 2/2 | 91.2 | 95.0 | 2 | beef | 2.0 |" in text
+    assert "- Runs: 2 detectors, 1 classifiers" in text
+
+
+def test_classifier_run_without_accuracy_is_refused(two_runs):
+    run_dir = two_runs / "backbone_bad"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text(json.dumps({
+        "name": "b", "kind": "classifier", "config": "t", "command": "c", "git_commit": "g",
+        "seed": 0, "status": "done", "metrics": {"classification": {"train_acc": 1.0}}}))
+    with pytest.raises(ValueError, match=r"backbone_bad/run.json: .*metrics.classification.val_acc"):
+        dashboard.collect_runs([str(two_runs)])

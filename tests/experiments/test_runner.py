@@ -1,5 +1,6 @@
 """Runner: finished rows are skipped, interrupted rows resumed with --resume, run.json written."""
 import json
+import os
 import sys
 import textwrap
 
@@ -71,3 +72,103 @@ def test_finished_run_is_skipped(tmp_path, fake_train):
     messages = []
     assert runner.execute(RUN, str(root), log=messages.append) == done
     assert fake_train == [] and messages == ["[skip] fcos: finished"]
+
+
+def test_run_set_resolves_classifier_and_double_init_weights(tmp_path):
+    spec = tmp_path / "set.yaml"
+    spec.write_text(textwrap.dedent("""
+        root: runs
+        runs:
+          - {name: full, kind: classifier, args: [--epochs, 1]}
+          - {name: low, kind: classifier, init_from: full, args: [--weight-method, lsq]}
+          - {name: det, config: a.yaml, init_from: full}
+          - {name: qb, config: b.yaml, init_from: low, extra_from: det}
+    """))
+    runs = {r["name"]: r for r in runner.load_run_set(str(spec))["runs"]}
+    train, rename = runner.build_classifier_commands(runs["low"], "runs", python="python")
+    assert train == ["python", "tools/train_classifier.py", "--out", "runs/low",
+                     "--init", "runs/full/model_final.pth", "--weight-method", "lsq"]
+    assert rename[2:] == ["runs/low/model_final.pth", "runs/low/detectron2.pth",
+                          "--rules", "torchvision-resnet", "--prefix", "backbone.bottom_up."]
+    det = runner.build_command(runs["det"], "runs", python="python")
+    assert det[-2:] == ["MODEL.WEIGHTS", "runs/full/detectron2.pth"]
+    qb = runner.build_command(runs["qb"], "runs", python="python")
+    assert qb[-4:] == ["MODEL.WEIGHTS", "runs/low/detectron2.pth",
+                       "MODEL.WEIGHT_EXTRA", "runs/det/model_final.pth"]
+
+
+@pytest.mark.parametrize("rows, message", [
+    ("- {name: c, kind: clasifier}", r"runs\[0\].kind='clasifier'; allowed"),
+    ("- {name: d, config: a.yaml}\n- {name: c, kind: classifier, init_from: d}",
+     r"classifier row is initialized only from an earlier classifier"),
+    ("- {name: c, kind: classifier}\n- {name: d, config: a.yaml, extra_from: c}",
+     r"runs\[1\].extra_from='c' is not an earlier detector run"),
+    ("- {name: d, config: a.yaml, extra_from: later}\n- {name: later, config: a.yaml}",
+     r"extra_from='later' is not an earlier detector run"),
+])
+def test_run_set_rejects_bad_wiring(tmp_path, rows, message):
+    spec = tmp_path / "set.yaml"
+    spec.write_text("root: runs\nruns:\n" + textwrap.indent(rows, "  ") + "\n")
+    with pytest.raises(ValueError, match=message):
+        runner.load_run_set(str(spec))
+
+
+FAKE_CLASSIFIER = textwrap.dedent("""
+    import json, os, sys
+    if sys.argv[1] == "rename":
+        open(sys.argv[3], "w").write("renamed")
+        sys.exit(0)
+    out = sys.argv[sys.argv.index("--out") + 1]
+    os.makedirs(out, exist_ok=True)
+    open(os.path.join(out, "model_final.pth"), "w").write("weights")
+    json.dump({"val_acc": 0.875, "train_acc": 0.9, "epochs": 2, "seed": 7},
+              open(os.path.join(out, "metrics.json"), "w"))
+""")
+
+
+def test_classifier_row_trains_renames_and_records(tmp_path, monkeypatch):
+    script = tmp_path / "fake_classifier.py"
+    script.write_text(FAKE_CLASSIFIER)
+    real = runner.build_classifier_commands
+
+    def build(run, root, python=sys.executable):
+        train, rename = real(run, root, python=python)
+        if python != sys.executable:
+            return [train, rename]
+        return [[sys.executable, str(script)] + train[2:], [sys.executable, str(script), "rename"] + rename[2:]]
+
+    monkeypatch.setattr(runner, "build_classifier_commands", build)
+    monkeypatch.setattr(runner, "git_commit", lambda repo=".": "feed")
+    run = {"name": "full", "kind": "classifier", "args": ["--epochs", 2], "meta": {"quant": "FP32"}}
+    record = runner.execute(run, str(tmp_path / "runs"), log=lambda m: None)
+    assert (tmp_path / "runs" / "full" / "detectron2.pth").read_text() == "renamed"
+    assert record["metrics"] == {"classification": {"val_acc": 0.875, "train_acc": 0.9, "epochs": 2}}
+    assert record["seed"] == 7 and record["kind"] == "classifier" and record["git_commit"] == "feed"
+    assert record["command"].startswith("python tools/train_classifier.py --out ")
+    assert " && python tools/rename_checkpoint.py " in record["command"]
+
+
+def test_run_set_rejects_unknown_only_names(tmp_path):
+    spec = tmp_path / "set.yaml"
+    spec.write_text("root: runs\nruns:\n  - {name: a, config: a.yaml}\n")
+    with pytest.raises(ValueError, match=r"--only: \['b'\] are not rows of"):
+        runner.run_set(str(spec), only=["b"])
+
+
+@pytest.mark.parametrize("run_set", ["experiments/demo.yaml", "experiments/digits.yaml"])
+def test_committed_run_sets_load_and_point_at_real_configs(run_set):
+    from conftest import REPO
+    spec = runner.load_run_set(os.path.join(REPO, run_set))
+    for run in spec["runs"]:
+        if run["kind"] == "detector":
+            assert os.path.isfile(os.path.join(REPO, run["config"])), run["config"]
+
+
+def test_demo_is_the_recipe_in_miniature():
+    from conftest import REPO
+    runs = {r["name"]: r for r in runner.load_run_set(os.path.join(REPO, "experiments/demo.yaml"))["runs"]}
+    kinds = [r["kind"] for r in runs.values()]
+    assert kinds[:2] == ["classifier", "classifier"] and "detector" in kinds
+    qbackbone = [r for r in runs.values() if r.get("extra_from")]
+    assert qbackbone and all(runs[r["init_from"]]["kind"] == "classifier" for r in qbackbone)
+    assert all(runs[r["extra_from"]]["meta"]["bits"] == "32/32" for r in qbackbone)

@@ -31,6 +31,11 @@ from .double_init import DoubleInitReport, load_double_init, read_checkpoint_fil
 QUANTIZER_KEY = re.compile(r"(^|.*\.)(weight|input)_quantizer\.[^.]+$")
 
 
+def _quantized_layer(key: str) -> str:
+    """`backbone.res2.0.conv1.weight_quantizer.step` -> `backbone.res2.0.conv1`."""
+    return key.rsplit(".", 2)[0]
+
+
 def _listed(keys, limit=8):
     keys = sorted(keys)
     return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
@@ -41,8 +46,10 @@ def check_compatible(model_state: Dict[str, Any], file_state: Dict[str, Any], pa
     """Raise ValueError naming `path` and the keys if the file's state dict does not fit the model.
 
     Always an error: no key in common (a checkpoint of another architecture); quantizer keys in
-    the file (it was saved from a quantized model) that differ from the model's (another
-    MODEL.QUANTIZATION: method, SCOPE or PER_CHANNEL). A shape mismatch is an error unless
+    the file (it was saved from a quantized model) that differ, layer by layer, from the model's
+    (another MODEL.QUANTIZATION: method, or a SCOPE quantizing layers the model keeps float).
+    The model may quantize more layers than the file: e.g. a low-bit backbone initializing a
+    Quantize-All detector; those layers' quantizers initialize from data. A shape mismatch is an error unless
     `drop_mismatch` (then detectron2 skips those keys with a warning). With `strict` (resuming
     our own checkpoint) any missing or unexpected key is an error. A float checkpoint (no
     quantizer keys) may initialize a quantized model: its quantizers initialize from data.
@@ -57,11 +64,16 @@ def check_compatible(model_state: Dict[str, Any], file_state: Dict[str, Any], pa
                          f"{_listed(model_keys, 4)}")
     file_q = {k for k in file_keys if QUANTIZER_KEY.match(k)}
     model_q = {k for k in model_keys if QUANTIZER_KEY.match(k)}
-    if file_q and file_q != model_q:
+    # Compared per quantized layer of the file: a low-bit backbone file may initialize a model that
+    # also quantizes its FPN and head (Quantize-All double init); those quantizers start from data.
+    file_layers = {_quantized_layer(k) for k in file_q}
+    model_q_of_file_layers = {k for k in model_q if _quantized_layer(k) in file_layers}
+    if file_q != model_q_of_file_layers:
         raise ValueError(
             f"checkpoint file {path!r} holds quantizer state that does not match the model (saved "
-            f"with a different MODEL.QUANTIZATION?): in the file only: {_listed(file_q - model_q) or '-'}; "
-            f"in the model only: {_listed(model_q - file_q) or '-'}")
+            f"with a different MODEL.QUANTIZATION?): in the file only: "
+            f"{_listed(file_q - model_q_of_file_layers) or '-'}; in the model only: "
+            f"{_listed(model_q_of_file_layers - file_q) or '-'}")
     shapes = [(k, tuple(file_state[k].shape), tuple(model_state[k].shape)) for k in sorted(common)
               if hasattr(file_state[k], "shape")]
     shapes = [(k, f, m) for k, f, m in shapes if f != m]

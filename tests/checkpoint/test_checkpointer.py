@@ -114,3 +114,31 @@ def test_bad_file_raises_error_naming_it(tmp_path, kind):
         ck.load(str(bad))
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         ck.load(str(tmp_path / "missing.pth"))
+
+
+def _quant_state(layers, params=("step", "signed", "initialized")):
+    state = {}
+    for layer in layers:
+        state[f"{layer}.weight"] = torch.zeros(2, 2, 1, 1)
+        for role in ("weight_quantizer", "input_quantizer"):
+            state.update({f"{layer}.{role}.{p}": torch.zeros(()) for p in params})
+    return state
+
+
+def test_low_bit_backbone_may_initialize_a_model_quantizing_more_layers():
+    """Quantize-All double init: WEIGHTS holds only the backbone's quantizers."""
+    model = _quant_state(["backbone.bottom_up.res2.0.conv1", "backbone.fpn_output3", "head.cls_score"])
+    backbone = _quant_state(["backbone.bottom_up.res2.0.conv1"])
+    checkpointer_module.check_compatible(model, backbone, "low.pth")
+
+
+@pytest.mark.parametrize("file_state, message", [
+    (_quant_state(["backbone.bottom_up.res2.0.conv1"], params=("alpha",)),
+     r"in the file only: .*conv1\.input_quantizer\.alpha.*in the model only: .*conv1\.input_quantizer\.initialized"),
+    (_quant_state(["backbone.bottom_up.res2.0.conv1", "head.bbox_pred"]),
+     r"in the file only: .*head\.bbox_pred\.input_quantizer\.initialized"),
+])
+def test_quantizer_state_must_match_layer_by_layer(file_state, message):
+    model = _quant_state(["backbone.bottom_up.res2.0.conv1", "head.cls_score"])
+    with pytest.raises(ValueError, match=message):
+        checkpointer_module.check_compatible(model, file_state, "other.pth")

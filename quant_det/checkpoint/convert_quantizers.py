@@ -8,7 +8,10 @@ and, when the levels match exactly, replaces the moved tensors by ours (`step`, 
 `alpha`, `basis`, `initialized` = 1): the old -> new entry of their main tensor now names ours
 (`...quant_weight.clip_val -> ...weight_quantizer.step`) and the tensors only checked (LQ-Net's
 `auxil`, `codec_vector`, `codec_index`, `thrs_multiplier`) become dropped keys. A quantizer
-that cannot be converted keeps its moved tensors and is reported with the reason.
+that cannot be converted (or all of them, when no method is given) loses its moved tensors,
+which become dropped keys, and is reported with the reason: the output then loads into our
+quantized model (QuantDetCheckpointer refuses quantizer keys the model does not have) and that
+quantizer estimates its range from data.
 
 Example:
     result = rename_state_dict(sd, builtin_rules("model-quantization-resnet"))
@@ -44,13 +47,13 @@ class QuantizerReport:
             out.append(f"quantizer values converted ({len(self.converted)}):")
             out += [f"  {name}: {summary}" for name, summary in self.converted]
         if self.failed:
-            out.append(f"quantizer values NOT converted ({len(self.failed)}; their tensors are kept "
-                       f"under their own names, our quantizer estimates its range from data):")
+            out.append(f"quantizer values NOT converted ({len(self.failed)}; their tensors are dropped, "
+                       f"our quantizer estimates its range from data):")
             out += [f"  {name}: {reason}" for name, reason in self.failed]
         return out
 
 
-def _moved_quantizers(renamed) -> "OrderedDict[str, Dict[str, str]]":
+def moved_quantizers(renamed) -> "OrderedDict[str, Dict[str, str]]":
     """our quantizer name -> {their leaf: their key}, for their tensors moved under our quantizers."""
     groups: "OrderedDict[str, Dict[str, str]]" = OrderedDict()
     for old, new in renamed:
@@ -66,7 +69,8 @@ def _convert_one(name, leaves, source_sd, state_dict, sources):
     role = ROLE_OF[quantizer]
     source = sources.get(role)
     if source is None:
-        raise NotConvertible(f"no method given for their {role} quantizers")
+        raise NotConvertible(f"no method given for their {role} quantizers (rename_checkpoint: "
+                             f"--convert-quantizers --{'weight' if role == 'weight' else 'act'}-method ...)")
     weight = state_dict.get(f"{conv}.weight")
     if source.per_channel and weight is None:
         raise NotConvertible(f"per-channel target but no {conv}.weight to count output channels")
@@ -87,11 +91,15 @@ def convert_renamed_quantizers(source_sd: Dict[str, torch.Tensor], result,
     report = QuantizerReport()
     new_name_of: Dict[str, str] = {}  # their key -> our key, for converted main tensors
     checked: Set[str] = set()  # their keys consumed without a counterpart
-    for name, leaves in _moved_quantizers(result.renamed).items():
+    failed: Dict[str, str] = {}  # their key -> reason, for quantizers not converted
+    for name, leaves in moved_quantizers(result.renamed).items():
         try:
             conversion = _convert_one(name, leaves, source_sd, result.state_dict, sources)
         except NotConvertible as e:
             report.failed.append((name, str(e)))
+            for leaf, old in leaves.items():
+                del result.state_dict[f"{name}.{leaf}"]
+                failed[old] = f"not converted: {e}"
             continue
         for leaf in leaves:
             del result.state_dict[f"{name}.{leaf}"]
@@ -106,5 +114,7 @@ def convert_renamed_quantizers(source_sd: Dict[str, torch.Tensor], result,
         flags = ", ".join(f"{leaf}={int(v)}" for leaf, v in conversion.state.items() if v.dtype == torch.uint8)
         report.converted.append((name, f"{conversion.summary}; {flags}"))
     result.dropped += [(old, ORIGIN) for old, _ in result.renamed if old in checked]
-    result.renamed = [(old, new_name_of.get(old, new)) for old, new in result.renamed if old not in checked]
+    result.dropped += [(old, failed[old]) for old, _ in result.renamed if old in failed]
+    result.renamed = [(old, new_name_of.get(old, new)) for old, new in result.renamed
+                      if old not in checked and old not in failed]
     return report

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .checkpointer import atomic_torch_save
-from .convert_quantizers import QuantizerReport, convert_renamed_quantizers
+from .convert_quantizers import QuantizerReport, moved_quantizers, convert_renamed_quantizers
 from .quantizer_values import SourceQuantizer
 from .rules import RenameRule, collect_rules
 
@@ -142,7 +142,8 @@ def rename_checkpoint(src: str, dst: Optional[str] = None, *, rule_set: Optional
     then the built-in `rule_set` (see rules.RULE_SETS); the first fullmatch wins.
     `quantizer_sources` ({"weight"/"act": SourceQuantizer}) converts the original
     model-quantization project's quantizer tensors, once moved, into ours
-    (see convert_quantizers.py); the outcome is in `result.quantizers`.
+    (see convert_quantizers.py); the outcome is in `result.quantizers`. Without it, such moved
+    tensors are dropped and reported, so that the output still loads into our quantized model.
     """
     rules = collect_rules(rule_set, mapping_files, regex_rules)
     if not rules:
@@ -155,8 +156,8 @@ def rename_checkpoint(src: str, dst: Optional[str] = None, *, rule_set: Optional
         quantizer_sources = {role: q.validate(role) for role, q in quantizer_sources.items()}
     source = read_source_state_dict(src, unsafe_pickle)
     result = rename_state_dict(source, rules, prefix, keep_unmatched)
-    if quantizer_sources:
-        result.quantizers = convert_renamed_quantizers(source, result, quantizer_sources)
+    if quantizer_sources or moved_quantizers(result.renamed):  # without sources: all dropped, reported
+        result.quantizers = convert_renamed_quantizers(source, result, quantizer_sources or {})
     if not result.state_dict:
         raise ValueError(f"no key of {src!r} was converted; check the rules "
                          f"(first keys: {result.unconverted[:5]})")

@@ -28,11 +28,10 @@ Built-in rule sets (`RULE_SETS`), all producing detectron2 ResNet backbone names
   (rename_checkpoint's `quantizer_sources`, see convert_quantizers.py and quantizer_values.py)
   each quantizer whose levels our target method can hold exactly is replaced by our state
   (`step`/`signed`, `alpha` or `basis`, and `initialized` = 1 so no data-driven init overwrites
-  it), checked against the stored `level_num`; the others are reported with the reason and keep
-  their moved tensors. Moved tensors that stay are ignored by `load_state_dict(strict=False)`
-  and our quantizers then estimate their range from data, but QuantDetCheckpointer (MODEL.WEIGHTS)
-  refuses a file whose quantizer keys differ from the model's: convert them, or drop them with
-  `--rule '.*\\.quant_(weight|activation)\\.\\w+=>'`.
+  it), checked against the stored `level_num`; the others (all of them without
+  `--convert-quantizers`) are dropped and reported with the reason, so the output always loads
+  into our quantized model (QuantDetCheckpointer refuses quantizer keys the model lacks) and
+  those quantizers estimate their range from data.
 """
 import itertools
 import re

@@ -123,7 +123,16 @@ def test_cli_reports_converted_and_not_converted_quantizers(tmp_path, capsys):
     assert "quantizer values converted (19):" in out and "quantizer values NOT converted (19;" in out
     assert "res2.0.conv1.weight_quantizer: their levels" in out and "--weight-target lqnet" in out
     file_sd = torch.load(dst, weights_only=True)["model"]
-    assert "res2.0.conv1.weight_quantizer.clip_val" in file_sd  # not converted: kept, moved
+    # not converted: dropped (so the file loads into our model) and reported with the reason
+    assert not any(k.startswith("res2.0.conv1.weight_quantizer.") for k in file_sd)
+    assert "res2.0.conv1.input_quantizer.step" in file_sd
+    assert "layer1.0.conv1.quant_weight.clip_val -> (dropped by not converted: their levels" in out
+
+    assert tool.main([str(src), str(dst), "--force", "--rules", "model-quantization-resnet"]) == 0
+    out = capsys.readouterr().out
+    assert "quantizer values NOT converted (38;" in out and "--convert-quantizers --act-method" in out
+    file_sd = torch.load(dst, weights_only=True)["model"]
+    assert not any("_quantizer." in k for k in file_sd) and "res2.0.conv1.weight" in file_sd
 
     assert tool.main(args + ["--weight-target", "lqnet", "--force"]) == 0
     out = capsys.readouterr().out

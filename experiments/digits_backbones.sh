@@ -7,10 +7,10 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=experiments/digits/backbones
 if [ ! -f $OUT/backbone_full/model_final.pth ]; then
-  $PY tools/train_classifier.py --out $OUT/backbone_full
+  $PY tools/train_classifier.py --out $OUT/backbone_full --threads 1  # as recorded in its metrics.json
 fi
 if [ ! -f $OUT/backbone_low_w2a2_lsq/model_final.pth ]; then
-  $PY tools/train_classifier.py --out $OUT/backbone_low_w2a2_lsq \
+  $PY tools/train_classifier.py --out $OUT/backbone_low_w2a2_lsq --threads 1 \
       --init $OUT/backbone_full/model_final.pth \
       --weight-method lsq --weight-bits 2 --act-method lsq --act-bits 2
 fi

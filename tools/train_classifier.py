@@ -41,7 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--act-method", default="none", choices=ACT_METHODS)
     p.add_argument("--act-bits", type=int, default=4)
     p.add_argument("--per-channel", action="store_true", help="per-output-channel weight quantizers")
-    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's own, i.e. "
+                                                "$OMP_NUM_THREADS or the number of cores)")
     args = p.parse_args(argv)
     low_bit = args.weight_method != "none" or args.act_method != "none"
     if low_bit != bool(args.init):
@@ -54,7 +55,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     spec = None
     if args.init:
         spec = QuantizationSpec(scope=SCOPE, weight_method=args.weight_method, weight_bits=args.weight_bits,

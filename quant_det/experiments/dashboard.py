@@ -217,7 +217,8 @@ def render(records, tables, command, machine=None, plot_link=None, unfinished=()
 def plot_ap_vs_bits(records, path):
     """Write a PNG: one panel per task, AP vs weight=activation bit width per method line.
 
-    FP32 runs are horizontal dashed lines; a mixed A/W run is placed at its weight bits.
+    FP32 runs are horizontal dashed lines; a mixed A/W run is placed at its weight bits. Lines
+    are per run set (`[digits]`, `[demo]`): short demo schedules are not points of the sweep.
     """
     import matplotlib
     matplotlib.use("Agg")
@@ -233,6 +234,7 @@ def plot_ap_vs_bits(records, path):
                 continue
             a_bits, w_bits = parse_bits(meta.get("bits", "32/32"))
             label = " ".join(str(meta[k]) for k in ("model", "variant") if meta.get(k))
+            label += f" [{_run_id(run).split('/')[0]}]"  # never join a demo row to a sweep line
             if w_bits >= FP32_BITS and a_bits >= FP32_BITS:
                 ax.axhline(run["metrics"]["bbox"]["AP"], ls="--", color="gray", lw=1)
                 ax.annotate(f"FP32 {label}", (0.02, run["metrics"]["bbox"]["AP"]),

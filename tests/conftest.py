@@ -4,6 +4,8 @@ import os
 import pytest
 import torch
 from detectron2.config import get_cfg
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from detectron2.structures import Boxes, Instances
 
 import quant_det.modeling  # noqa: F401  (registers FCOS and the FPN-BN backbone)
@@ -22,6 +24,19 @@ def load_cfg(path=None, *opts):
     cfg.merge_from_list(list(opts))
     cfg.MODEL.DEVICE = "cpu"
     return cfg
+
+
+def detectron2_resnet18():
+    """detectron2's ResNet-18 backbone (BN, trainable, res5 out) as the digits configs build it:
+    the target of torchvision / model-quantization classification checkpoints."""
+    cfg = get_cfg()
+    cfg.MODEL.RESNETS.DEPTH = 18
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
+    cfg.MODEL.RESNETS.NORM = "BN"
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res5"]
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    return build_resnet_backbone(cfg, ShapeSpec(channels=3))
 
 
 def make_batch(num_images=2, size=64, num_classes=10, seed=0):

@@ -8,9 +8,7 @@ import pytest
 import torch
 import torchvision
 from checkpoint import original_quant as theirs
-from detectron2.config import get_cfg
-from detectron2.layers import ShapeSpec
-from detectron2.modeling.backbone.resnet import build_resnet_backbone
+from conftest import detectron2_resnet18
 from torch import nn
 from torch.nn import functional as F
 
@@ -58,14 +56,7 @@ def their_resnet18():
 
 
 def our_resnet18():
-    cfg = get_cfg()
-    cfg.MODEL.RESNETS.DEPTH = 18
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
-    cfg.MODEL.RESNETS.NORM = "BN"
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res5"]
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    model = build_resnet_backbone(cfg, ShapeSpec(channels=3))
+    model = detectron2_resnet18()
     quantize_model(model, QuantizationSpec(scope=("res2", "res3", "res4", "res5"), weight_method="lsq",
                                            weight_bits=2, per_channel=True, act_method="lsq", act_bits=2))
     return model

@@ -2,9 +2,7 @@
 quantizer state and reproduces its outputs in detectron2's ResNet quantized the same way."""
 import torch
 import torchvision
-from detectron2.config import get_cfg
-from detectron2.layers import ShapeSpec
-from detectron2.modeling.backbone.resnet import build_resnet_backbone
+from conftest import detectron2_resnet18
 
 from quant_det.checkpoint import rename_state_dict
 from quant_det.checkpoint.rules import builtin_rules
@@ -16,17 +14,6 @@ torch.set_num_threads(1)
 def w2a2(scope):
     return QuantizationSpec(scope=tuple(scope), weight_method="lsq", weight_bits=2,
                             act_method="lsq", act_bits=2, policy=(("conv1|stem.conv1", 8, 8),))
-
-
-def d2_resnet18():
-    cfg = get_cfg()
-    cfg.MODEL.RESNETS.DEPTH = 18
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
-    cfg.MODEL.RESNETS.NORM = "BN"
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res5"]
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    return build_resnet_backbone(cfg, ShapeSpec(channels=3))
 
 
 def quantized_torchvision_resnet18():
@@ -65,7 +52,7 @@ def test_quantizer_keys_move_with_their_conv():
 def test_renamed_quantized_resnet_reproduces_outputs_in_detectron2():
     tv = quantized_torchvision_resnet18()
     result = rename_state_dict(tv.state_dict(), builtin_rules("torchvision-resnet"))
-    d2 = d2_resnet18()
+    d2 = detectron2_resnet18()
     quantize_model(d2, w2a2(["stem", "res2", "res3", "res4", "res5"]))
     incompatible = d2.eval().load_state_dict(result.state_dict, strict=False)
     assert incompatible.missing_keys == [] and incompatible.unexpected_keys == []

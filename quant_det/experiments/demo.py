@@ -38,7 +38,7 @@ def ap_table(records) -> str:
 
 def main(run_set_path=DEMO_SET, root=DEMO_ROOT):
     """Run the demo rows under `root`, print their table, write the dashboard; return the records."""
-    start = time.time()
+    start, root = time.time(), os.fspath(root)
     print("[demo] building digits-det (once) ...", flush=True)
     register_digits_det()
     records = run_set(run_set_path, root=root, log=lambda m: print(m, flush=True))

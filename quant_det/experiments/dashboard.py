@@ -217,7 +217,7 @@ def render(records, tables, command, machine=None, plot_link=None, unfinished=()
 def plot_ap_vs_bits(records, path):
     """Write a PNG: one panel per task, AP vs weight=activation bit width per method line.
 
-    FP32 runs are horizontal dashed lines; a mixed A/W run is placed at its weight bits. Lines
+    FP32 runs are horizontal lines in gray, labelled by run; a mixed A/W run is placed at its weight bits. Lines
     are per run set (`[digits]`, `[demo]`): short demo schedules are not points of the sweep.
     """
     import matplotlib
@@ -225,7 +225,7 @@ def plot_ap_vs_bits(records, path):
     import matplotlib.pyplot as plt
 
     tasks = sorted({run["meta"].get("task", "?") for run in records}) or ["(no runs)"]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3), squeeze=False, dpi=80)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 6), squeeze=False, dpi=80)
     for ax, task in zip(axes[0], tasks):
         lines = {}
         for run in sorted(records, key=_sort_key):
@@ -236,9 +236,9 @@ def plot_ap_vs_bits(records, path):
             label = " ".join(str(meta[k]) for k in ("model", "variant") if meta.get(k))
             label += f" [{_run_id(run).split('/')[0]}]"  # never join a demo row to a sweep line
             if w_bits >= FP32_BITS and a_bits >= FP32_BITS:
-                ax.axhline(run["metrics"]["bbox"]["AP"], ls="--", color="gray", lw=1)
-                ax.annotate(f"FP32 {label}", (0.02, run["metrics"]["bbox"]["AP"]),
-                            xycoords=("axes fraction", "data"), fontsize=7, va="bottom")
+                n = len(ax.lines)  # FP32 rows are drawn first (sorted by bits, descending)
+                ax.axhline(run["metrics"]["bbox"]["AP"], ls=(":", "--", "-.")[n % 3], lw=1.2,
+                           color=str(0.1 + 0.15 * (n % 5)), label=f"FP32 {_run_id(run)}")
                 continue
             key = " ".join(str(meta[k]) for k in ("quant", "scope") if meta.get(k)) + f" {label}"
             lines.setdefault(key, []).append((w_bits, run["metrics"]["bbox"]["AP"]))
@@ -247,8 +247,8 @@ def plot_ap_vs_bits(records, path):
             ax.plot(xs, ys, marker="o", label=key)
         ax.set(title=task, xlabel="bit width (A=W)", ylabel="bbox AP")
         ax.set_xticks([1, 2, 3, 4, 5, 6, 8])
-        if lines:
-            ax.legend(fontsize=7)
+        if ax.lines:
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15))
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path)

@@ -12,6 +12,7 @@ from detectron2.config import CfgNode as CN
 WEIGHT_METHODS = ("none", "dorefa", "lsq", "lqnet", "xnor", "ternary")
 ACT_METHODS = ("none", "dorefa", "pact", "lsq", "lqnet")
 MODES = ("qat", "calibrate", "eval")
+LSQ_INITS = ("paper", "mse")
 FPN_RELU_PLACEMENTS = ("output", "fork", "all_convs")
 
 
@@ -114,6 +115,32 @@ def add_quantization_config(cfg):
     q.ACT.BITS = 4
     # Number of quantization levels; 0 = 2**BITS.
     q.ACT.LEVELS = 0
+    # Keep the dense detectors' prediction convs (head.cls_score, head.bbox_pred and, for FCOS,
+    # head.ctrness) full precision: the original project's "Quantize-All" (its converter never
+    # swapped these plain nn.Conv2d layers). False = quantize them like every layer in SCOPE.
+    # False | True.
+    q.SKIP_PREDICTORS = False
+    # Initial LSQ step from the first training batch: "paper" = 2 * mean|v| / sqrt(Qp) (Esser et
+    # al. 2020), "mse" = the step minimizing the quantization error (the rule MODE "calibrate"
+    # uses). One of LSQ_INITS. Other methods keep their own rule.
+    q.LSQ_INIT = "paper"
+    # Weight decay of the quantizers' learned ranges (LSQ step, PACT alpha); < 0 = the same as
+    # SOLVER.WEIGHT_DECAY (detectron2 decays every non-norm parameter), >= 0 = this value.
+    q.RANGE_WEIGHT_DECAY = -1.0
+    # After QAT (and before evaluating with --eval-only / MODE "eval"): re-estimate every
+    # BatchNorm's running statistics with quantization on, as a cumulative average over this many
+    # training batches (no gradients, weights unchanged); model_final.pth then holds them.
+    # 0 = off. An int >= 0.
+    q.BN_REESTIMATE_ITERS = 0
+    # Knowledge distillation from a full-precision teacher (the FP32 parent) during QAT: an extra
+    # loss "loss_distill" = WEIGHT * (BCE of the student's class logits to the teacher's sigmoid
+    # scores + L1 of box deltas and centerness logits, both weighted by the teacher's top score).
+    q.DISTILL = CN()
+    # Loss weight; 0 = off. A float >= 0.
+    q.DISTILL.WEIGHT = 0.0
+    # Teacher checkpoint, built with this config and quantization off. "" = MODEL.WEIGHT_EXTRA if
+    # set (double init: the FP32 detector), else MODEL.WEIGHTS.
+    q.DISTILL.TEACHER = ""
 
 
 def add_logging_config(cfg):

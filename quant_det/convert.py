@@ -3,7 +3,8 @@
 Which layers, and at which precision, is decided by MODEL.QUANTIZATION (see config.py):
   * a Conv2d (detectron2's wrapper or plain `nn.Conv2d`, e.g. RetinaNet/FCOS predictor convs) or
     `nn.Linear` is a candidate if its name equals a SCOPE prefix or starts with "<prefix>.";
-  * SKIP regexes (re.fullmatch on the name) keep a candidate full precision;
+  * SKIP regexes (re.fullmatch on the name) keep a candidate full precision, and so does
+    SKIP_PREDICTORS for the dense heads' prediction convs (`PREDICTOR_NAMES`);
   * the first POLICY entry [regex, weight_bits, act_bits] whose regex fullmatches the name sets its
     bit widths (32 = that side stays float); otherwise WEIGHT.BITS / ACT.BITS apply.
 One table logs every Conv2d/Linear of the model: what it became, or why it stayed float.
@@ -16,13 +17,16 @@ from typing import List, Optional, Tuple
 from tabulate import tabulate
 from torch import nn
 
-from .config import ACT_METHODS, MODES, WEIGHT_METHODS
+from .config import ACT_METHODS, LSQ_INITS, MODES, WEIGHT_METHODS
 from .layers import QuantConv2d, QuantLinear
 from .quantizers import build_quantizer
 
 logger = logging.getLogger(__name__)
 KEY = "MODEL.QUANTIZATION"
 FLOAT_BITS = 32
+# Last name component of the RetinaNet/FCOS prediction convs (plain nn.Conv2d, no norm after them):
+# class logits, box deltas, FCOS centerness. Kept float by MODEL.QUANTIZATION.SKIP_PREDICTORS.
+PREDICTOR_NAMES = ("cls_score", "bbox_pred", "ctrness")
 
 
 def _check_bits(key, bits, allow_float=False):
@@ -61,6 +65,12 @@ class QuantizationSpec:
     act_method: str = "none"
     act_bits: int = 4
     act_levels: int = 0
+    skip_predictors: bool = False
+    lsq_init: str = "paper"
+    range_weight_decay: float = -1.0
+    bn_reestimate_iters: int = 0
+    distill_weight: float = 0.0
+    distill_teacher: str = ""
 
     @classmethod
     def from_config(cls, cfg) -> "QuantizationSpec":
@@ -73,6 +83,9 @@ class QuantizationSpec:
             weight_levels=q.WEIGHT.LEVELS, per_channel=q.WEIGHT.PER_CHANNEL,
             weight_standardize=q.WEIGHT.STANDARDIZE,
             act_method=q.ACT.METHOD, act_bits=q.ACT.BITS, act_levels=q.ACT.LEVELS,
+            skip_predictors=q.SKIP_PREDICTORS, lsq_init=q.LSQ_INIT,
+            range_weight_decay=q.RANGE_WEIGHT_DECAY, bn_reestimate_iters=q.BN_REESTIMATE_ITERS,
+            distill_weight=q.DISTILL.WEIGHT, distill_teacher=q.DISTILL.TEACHER,
         )
         spec.validate()
         return spec
@@ -109,7 +122,24 @@ class QuantizationSpec:
                     f"{KEY}.{side}.LEVELS={levels!r} is inconsistent with {KEY}.{side}.BITS={bits}: "
                     f"allowed 0 (= 2**BITS) or 2..{2 ** bits}")
 
+        self._check_training_keys()
         self._check_buildable()
+
+    def _check_training_keys(self):
+        if not isinstance(self.skip_predictors, bool):
+            raise ValueError(f"{KEY}.SKIP_PREDICTORS={self.skip_predictors!r}: allowed True or False")
+        _check_method(f"{KEY}.LSQ_INIT", self.lsq_init, LSQ_INITS)
+        if not isinstance(self.range_weight_decay, (int, float)) or self.range_weight_decay != self.range_weight_decay:
+            raise ValueError(f"{KEY}.RANGE_WEIGHT_DECAY={self.range_weight_decay!r}: allowed a float "
+                             "(< 0 = SOLVER.WEIGHT_DECAY, >= 0 = this value)")
+        if isinstance(self.bn_reestimate_iters, bool) or not isinstance(self.bn_reestimate_iters, int) \
+                or self.bn_reestimate_iters < 0:
+            raise ValueError(f"{KEY}.BN_REESTIMATE_ITERS={self.bn_reestimate_iters!r}: allowed an int >= 0 (0 = off)")
+        if not isinstance(self.distill_weight, (int, float)) or not self.distill_weight >= 0:
+            raise ValueError(f"{KEY}.DISTILL.WEIGHT={self.distill_weight!r}: allowed a float >= 0 (0 = off)")
+        if not isinstance(self.distill_teacher, str):
+            raise ValueError(f"{KEY}.DISTILL.TEACHER={self.distill_teacher!r}: allowed a checkpoint path "
+                             "or \"\" (= MODEL.WEIGHT_EXTRA, else MODEL.WEIGHTS)")
 
     def _check_buildable(self):
         """Let the quantizers reject method/bits/levels combinations (e.g. xnor needs 1 bit)."""
@@ -136,12 +166,20 @@ def _in_scope(name: str, scope) -> bool:
     return any(name == s or name.startswith(s + ".") for s in scope)
 
 
-def _make_quantizer(method, role, bits, levels, per_channel=False, num_channels=1):
+def _make_quantizer(method, role, bits, levels, per_channel=False, num_channels=1, lsq_init="paper"):
     if bits == FLOAT_BITS:
         return build_quantizer("none", role, 8)
     # A POLICY override of the bit width resets LEVELS to 2**bits.
-    return build_quantizer(method, role, bits, levels=levels, per_channel=per_channel,
-                           num_channels=num_channels)
+    q = build_quantizer(method, role, bits, levels=levels, per_channel=per_channel,
+                        num_channels=num_channels)
+    if method == "lsq":
+        q.init_rule = lsq_init
+    return q
+
+
+def is_predictor(name: str) -> bool:
+    """True for the dense heads' prediction convs, e.g. "head.cls_score" (see PREDICTOR_NAMES)."""
+    return name.rpartition(".")[2] in PREDICTOR_NAMES
 
 
 def quantize_module(module: nn.Module, spec: QuantizationSpec, wbits: int, abits: int):
@@ -149,8 +187,8 @@ def quantize_module(module: nn.Module, spec: QuantizationSpec, wbits: int, abits
     levels_w = spec.weight_levels if wbits == spec.weight_bits else 0
     levels_a = spec.act_levels if abits == spec.act_bits else 0
     wq = _make_quantizer(spec.weight_method, "weight", wbits, levels_w, spec.per_channel,
-                         module.weight.shape[0])
-    aq = _make_quantizer(spec.act_method, "act", abits, levels_a)
+                         module.weight.shape[0], spec.lsq_init)
+    aq = _make_quantizer(spec.act_method, "act", abits, levels_a, lsq_init=spec.lsq_init)
     cls = QuantConv2d if isinstance(module, nn.Conv2d) else QuantLinear
     return cls.from_float(module, wq, aq, standardize_weight=spec.weight_standardize and wbits != FLOAT_BITS)
 
@@ -187,6 +225,9 @@ def quantize_model(model: nn.Module, spec: QuantizationSpec) -> List[Tuple[str, 
         skip = next((p.pattern for p in skips if p.fullmatch(name)), None)
         if skip is not None:
             rows.append((name, kind, "float", "float", f"SKIP {skip!r}"))
+            continue
+        if spec.skip_predictors and is_predictor(name):
+            rows.append((name, kind, "float", "float", "SKIP_PREDICTORS"))
             continue
         wbits, abits, rule = spec.bits_for(name)
         new = quantize_module(module, spec, wbits, abits)

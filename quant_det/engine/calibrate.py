@@ -1,9 +1,12 @@
-"""Post-training calibration (MODEL.QUANTIZATION.MODE "calibrate").
+"""Post-training calibration (MODEL.QUANTIZATION.MODE "calibrate") and BatchNorm re-estimation
+(MODEL.QUANTIZATION.BN_REESTIMATE_ITERS).
 
-Runs CALIB_ITERS training batches forward only (no gradients): every quantizer re-estimates its
-range/step/basis (see `set_calibration`), and every BatchNorm's running statistics are re-estimated
-from scratch as a cumulative average over those batches (momentum None), as in NNCF's range init
-and TI's QuantCalibrateModule. Returns the number of batches used.
+Both run training batches forward only (no gradients, weights unchanged), and every BatchNorm's
+running statistics are re-estimated from scratch as a cumulative average over those batches
+(momentum None), as in NNCF's range init and TI's QuantCalibrateModule. Calibration also lets every
+quantizer re-estimate its range/step/basis (see `set_calibration`); BN re-estimation keeps the
+quantizers as they are and only measures the statistics the quantized network really produces
+(AQD, arXiv 2007.06919, traces much of the low-bit loss to BN statistics that do not match them).
 """
 import itertools
 import logging
@@ -12,14 +15,15 @@ import torch
 from detectron2.utils.events import EventStorage
 from torch import nn
 
-from ..quantizers import set_calibration
+from ..quantizers import Quantizer, set_calibration
 
 logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def calibrate(model: nn.Module, data_loader, num_iters: int) -> int:
-    """Calibrate `model` in place on `num_iters` batches of `data_loader`; return batches seen."""
+def calibrate(model: nn.Module, data_loader, num_iters: int, quantizers: bool = True) -> int:
+    """Re-estimate BN statistics (and, if `quantizers`, the quantizer ranges) of `model` in place
+    on `num_iters` batches of `data_loader`; return the number of batches seen."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [bn.momentum for bn in bns]
     for bn in bns:
@@ -27,7 +31,11 @@ def calibrate(model: nn.Module, data_loader, num_iters: int) -> int:
         bn.momentum = None  # cumulative moving average over the calibration batches
     was_training = model.training
     model.train()
-    set_calibration(model, True)
+    if not quantizers:  # frozen: e.g. LQ-Net would otherwise refit its basis in training mode
+        for q in model.modules():
+            if isinstance(q, Quantizer):
+                q.eval()
+    set_calibration(model, quantizers)
     try:
         # detectron2 detectors log training statistics, which needs an EventStorage.
         with EventStorage(0):
@@ -38,6 +46,12 @@ def calibrate(model: nn.Module, data_loader, num_iters: int) -> int:
             bn.momentum = m
         model.train(was_training)
     return seen
+
+
+def reestimate_bn(model: nn.Module, data_loader, num_iters: int) -> int:
+    """BN running statistics of the (quantized) `model` re-estimated on `num_iters` batches;
+    quantizer ranges unchanged. Returns the number of batches seen."""
+    return calibrate(model, data_loader, num_iters, quantizers=False)
 
 
 def _run_batches(model, data_loader, num_iters):

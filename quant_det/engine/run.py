@@ -20,7 +20,7 @@ from ..compat import is_original_config, merge_original_config
 from ..config import add_quant_det_config
 from ..convert import QuantizationSpec
 from ..data import register_datasets_for
-from .calibrate import calibrate
+from .calibrate import calibrate, reestimate_bn
 from .distributed import init_distributed_from_env
 from .trainer import Trainer, build_checkpointer, check_num_classes
 
@@ -119,9 +119,14 @@ def write_results(cfg, results):
 
 
 def evaluate(cfg, resume: bool):
-    """Load MODEL.WEIGHTS (or the last checkpoint if resuming) into the quantized model; evaluate."""
+    """Load MODEL.WEIGHTS (or the last checkpoint if resuming) into the quantized model, re-estimate
+    its BN statistics if MODEL.QUANTIZATION.BN_REESTIMATE_ITERS > 0 (not saved); evaluate."""
     model = Trainer.build_model(cfg)
     build_checkpointer(cfg, model).resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+    iters = cfg.MODEL.QUANTIZATION.BN_REESTIMATE_ITERS
+    if iters > 0:
+        seen = reestimate_bn(model, Trainer.build_train_loader(cfg), iters)
+        logger.info(f"BatchNorm statistics re-estimated with quantization on ({seen} batches)")
     return Trainer.test(cfg, model)
 
 

@@ -11,15 +11,21 @@ import logging
 import os
 import weakref
 
+import torch
 from detectron2.data import (DatasetMapper, MetadataCatalog, build_detection_train_loader,
                              get_detection_dataset_dicts)
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.evaluation import COCOEvaluator
 from detectron2.modeling import build_model
+from detectron2.solver.build import (get_default_optimizer_params, maybe_add_gradient_clipping,
+                                     reduce_param_groups)
 from detectron2.utils import comm
 
 from ..checkpoint import QuantDetCheckpointer
 from ..convert import convert_to_quantization
+from ..quantizers import Quantizer
+from .calibrate import reestimate_bn
+from .distill import attach_distillation
 from .distributed import cpu_sync_batchnorm
 from .hooks import TrainingDivergedError, TrainingHealthCheck, last_good_checkpoint
 from .loss_normalizer import LossNormalizerState, make_loss_normalizer_global
@@ -39,6 +45,7 @@ class Trainer(DefaultTrainer):
         TrainerBase.__init__(self)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
+        self.distillation = attach_distillation(model, cfg)  # MODEL.QUANTIZATION.DISTILL
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         device_ids = None if cfg.MODEL.DEVICE == "cpu" else [comm.get_local_rank()]
@@ -60,6 +67,22 @@ class Trainer(DefaultTrainer):
             cpu_sync_batchnorm(model)
         convert_to_quantization(model, cfg)
         return make_loss_normalizer_global(model)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """detectron2's SGD, except that MODEL.QUANTIZATION.RANGE_WEIGHT_DECAY >= 0 sets the weight
+        decay of the quantizers' learned ranges (LSQ step, PACT alpha)."""
+        params = get_default_optimizer_params(
+            model, base_lr=cfg.SOLVER.BASE_LR, weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR, weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS)
+        decay = cfg.MODEL.QUANTIZATION.RANGE_WEIGHT_DECAY
+        ranges = [p for m in model.modules() if isinstance(m, Quantizer)
+                  for p in m.parameters(recurse=False) if p.requires_grad]
+        if decay >= 0 and ranges:  # later groups override earlier ones, parameter by parameter
+            params = reduce_param_groups(params + [{"params": ranges, "weight_decay": decay}])
+        return maybe_add_gradient_clipping(cfg, torch.optim.SGD)(
+            params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM,
+            nesterov=cfg.SOLVER.NESTEROV, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -101,6 +124,9 @@ class Trainer(DefaultTrainer):
         savers = (hooks.PeriodicCheckpointer, hooks.EvalHook)
         first = next(i for i, h in enumerate(ret) if isinstance(h, savers))
         ret.insert(first, TrainingHealthCheck(self._trainer.model, self.checkpointer))
+        if self.cfg.MODEL.QUANTIZATION.BN_REESTIMATE_ITERS > 0:  # before the final evaluation
+            evals = [i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook)]
+            ret.insert(evals[0] if evals else len(ret), BNReestimation())
         return ret
 
     def resume_or_load(self, resume=True):
@@ -164,3 +190,19 @@ def check_num_classes(cfg, dataset_names):
         if classes is not None and len(classes) != want:
             raise ValueError(f"{key}={want} but data set {name!r} has {len(classes)} classes "
                              f"({', '.join(map(str, classes[:12]))}); set {key} {len(classes)}")
+
+
+class BNReestimation(hooks.HookBase):
+    """After the last iteration, before the final evaluation: re-estimate BatchNorm statistics of
+    the quantized model (MODEL.QUANTIZATION.BN_REESTIMATE_ITERS batches) and save model_final."""
+
+    def after_train(self):
+        trainer = self.trainer
+        if trainer.iter < trainer.max_iter:  # train() ends with iter == max_iter only on success
+            return
+        cfg = trainer.cfg
+        iters = cfg.MODEL.QUANTIZATION.BN_REESTIMATE_ITERS
+        seen = reestimate_bn(trainer.model, trainer.build_train_loader(cfg), iters)
+        logger.info(f"BatchNorm statistics re-estimated with quantization on ({seen} batches)")
+        if comm.is_main_process():
+            trainer.checkpointer.save("model_final")

@@ -10,7 +10,8 @@ Grid: signed (weights, and activations whose first batch has negatives) Qn = L/2
 even L (= 2^(b-1), 2^(b-1)-1), Qn = Qp = (L-1)/2 for odd L; unsigned (post-ReLU) Qn = 0, Qp = L-1.
 N is the number of weights per step (all, or per output channel) or, for activations, the number
 of features per example (numel / batch size). Calibration replaces the init rule by the step that
-minimizes ||v - v_hat||^2 over a grid of 64 clipping ratios (`mse_step`).
+minimizes ||v - v_hat||^2 over a grid of 64 clipping ratios (`mse_step`); so does the first
+training batch when `init_rule` is "mse" (MODEL.QUANTIZATION.LSQ_INIT).
 
 Backward uses the identity  sum(g * dv_hat/ds) = (<g, v_hat> - <g_v, v>) / s,  where g_v is the
 input gradient above, so it needs no per-element temporary besides g_v.
@@ -85,7 +86,10 @@ class LSQRound(Function):
 @register_quantizer("lsq")
 class LSQQuantizer(LearnedRangeQuantizer):
     """LSQ with a learned step `step` (Parameter: 0-d, or [num_channels] per channel) and a `signed`
-    buffer (1 for weights; for activations set from the first data: 1 if it has negatives)."""
+    buffer (1 for weights; for activations set from the first data: 1 if it has negatives).
+
+    `init_rule` ("paper" | "mse") picks the initial step from the first training batch.
+    """
 
     def __init__(self, role, bits, levels=0, per_channel=False, num_channels=1):
         super().__init__(role, bits, levels, per_channel, num_channels)
@@ -95,6 +99,7 @@ class LSQQuantizer(LearnedRangeQuantizer):
         self.step = nn.Parameter(torch.ones(shape))
         self.register_buffer("signed", torch.tensor(int(role == "weight"), dtype=torch.uint8))
         self._signed = role == "weight"
+        self.init_rule = "paper"
 
     def bounds(self):
         """(Qn, Qp) for the current grid."""
@@ -110,7 +115,7 @@ class LSQQuantizer(LearnedRangeQuantizer):
             self.signed.fill_(int(negative.item() > 0))
             self._signed = bool(self.signed)
         qn, qp = self.bounds()
-        if calibrate:
+        if calibrate or self.init_rule == "mse":
             return [mse_step(x, qn, qp, self.per_channel)]
         mean_abs = x.abs().flatten(1).mean(1) if self.per_channel else x.abs().mean()
         return [(2 * mean_abs / math.sqrt(max(qp, 1))).clamp_min(_EPS)]

@@ -5,6 +5,11 @@ Every number comes from a run directory written by `quant_det.experiments.runner
 without provenance is refused, never silently shown. The original project's COCO numbers
 (`experiments/reported/*.yaml`) are shown in a separate table, marked as not reproduced here.
 
+Each detector row shows its AP difference to its FP32 parent (`meta.parent`, else the row it was
+double-initialized from, `extra_from`, else `init_from`) and to its control (`meta.control`: the
+parent fine-tuned with the same schedule and quantization off), both rows of the same run set.
+A row named in another row's `meta.supersedes` (as "<run set>/<row>") is kept, marked superseded.
+
 "A/W" is activation bits / weight bits everywhere (the original dashboard's convention), so a
 run's `meta.bits` must be written as "A/W", e.g. "4/4" or "32/32".
 
@@ -22,8 +27,8 @@ RUN_FILE = "run.json"
 REQUIRED = ("config", "command", "git_commit", "seed", "metrics", "status")
 README_BEGIN, README_END = "<!-- dashboard:begin -->", "<!-- dashboard:end -->"
 MAIN_COLUMNS = ["Dataset", "Task Method", "Quantization method", "Model", "A/W", "Reported", "AP",
-                "Comment", "AP50", "AP75", "Run", "Command"]
-REPORTED_COLUMNS = MAIN_COLUMNS[:8]
+                "Δ parent", "Δ control", "Comment", "AP50", "AP75", "Run", "Command"]
+REPORTED_COLUMNS = MAIN_COLUMNS[:7] + ["Comment"]
 FP32_BITS = 32
 
 
@@ -119,14 +124,50 @@ def _sort_key(run):
             -a_bits, -w_bits, meta.get("quant", ""), meta.get("scope", ""), run["name"])
 
 
+def _by_id(records):
+    return {_run_id(run): run for run in records}
+
+
+def reference(run, records_by_id, which):
+    """The run's "parent" or "control" record (same run set), or None."""
+    meta = run["meta"]
+    if which == "control":
+        name = meta.get("control")
+    else:
+        name = meta.get("parent") or run.get("extra_from") or run.get("init_from")
+    if not name:
+        return None
+    ref = records_by_id.get(_run_id(run).split("/")[0] + "/" + name)
+    return ref if ref is not None and ref is not run else None
+
+
+def ap_delta(run, records_by_id, which):
+    """AP(run) - AP(its parent or control), or None."""
+    ref = reference(run, records_by_id, which)
+    return None if ref is None else run["metrics"]["bbox"]["AP"] - ref["metrics"]["bbox"]["AP"]
+
+
+def superseded_by(records):
+    """{run id: id of the run whose meta.supersedes names it}."""
+    return {old: _run_id(run) for run in records for old in run["meta"].get("supersedes", [])}
+
+
+def _signed(value):
+    return "" if value is None else f"{value:+.1f}"
+
+
 def main_rows(records):
     """The main table's rows (MAIN_COLUMNS order), sorted by task, model, variant, bits desc."""
     rows = []
+    by_id, newer = _by_id(records), superseded_by(records)
     for run in sorted(records, key=_sort_key):
         meta, bbox = run["meta"], run["metrics"]["bbox"]
         comment = ", ".join(str(meta[k]) for k in ("variant", "scope", "comment") if meta.get(k))
+        if _run_id(run) in newer:
+            comment = f"**superseded** by {newer[_run_id(run)]}; {comment}"
         rows.append([run["dataset"], meta.get("task", "?"), meta.get("quant", "?"),
                      meta.get("model", "?"), meta.get("bits", "?"), "no", f"{bbox['AP']:.1f}",
+                     _signed(ap_delta(run, by_id, "parent")), _signed(ap_delta(run, by_id, "control")),
                      comment, f"{bbox.get('AP50', float('nan')):.1f}",
                      f"{bbox.get('AP75', float('nan')):.1f}", _run_id(run), f"`{run['command']}`"])
     return rows
@@ -215,40 +256,47 @@ def render(records, tables, command, machine=None, plot_link=None, unfinished=()
 
 
 def plot_ap_vs_bits(records, path):
-    """Write a PNG: one panel per task, AP vs weight=activation bit width per method line.
-
-    FP32 runs are horizontal lines in gray, labelled by run; a mixed A/W run is placed at its weight bits. Lines
-    are per run set (`[digits]`, `[demo]`): short demo schedules are not points of the sweep.
+    """Write a PNG: one panel per task, the AP difference of each quantized row to its own FP32
+    parent against the bit width (A=W; a mixed A/W row at its weight bits), one colour per
+    variant and one marker per method. Solid lines: difference to the parent; dashed with hollow
+markers: to the control, where the row has one.
+    One line per variant, method, scope and run set (a demo row never joins a sweep line);
+    superseded rows and rows without a parent are left out.
     """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    by_id, newer = _by_id(records), superseded_by(records)
     tasks = sorted({run["meta"].get("task", "?") for run in records}) or ["(no runs)"]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 6), squeeze=False, dpi=80)
+    variants = sorted({str(run["meta"].get("variant", "")) for run in records})
+    colours = {v: plt.cm.tab10(i % 10) for i, v in enumerate(variants)}
+    methods = sorted({str(run["meta"].get("quant", "")) for run in records})
+    markers = {m: "osD^vP*X"[i % 8] for i, m in enumerate(methods)}
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 6), squeeze=False, dpi=80)
     for ax, task in zip(axes[0], tasks):
         lines = {}
-        for run in sorted(records, key=_sort_key):
+        for run in records:
             meta = run["meta"]
-            if meta.get("task", "?") != task:
-                continue
             a_bits, w_bits = parse_bits(meta.get("bits", "32/32"))
-            label = " ".join(str(meta[k]) for k in ("model", "variant") if meta.get(k))
-            label += f" [{_run_id(run).split('/')[0]}]"  # never join a demo row to a sweep line
-            if w_bits >= FP32_BITS and a_bits >= FP32_BITS:
-                n = len(ax.lines)  # FP32 rows are drawn first (sorted by bits, descending)
-                ax.axhline(run["metrics"]["bbox"]["AP"], ls=(":", "--", "-.")[n % 3], lw=1.2,
-                           color=str(0.1 + 0.15 * (n % 5)), label=f"FP32 {_run_id(run)}")
+            if meta.get("task", "?") != task or w_bits >= FP32_BITS or _run_id(run) in newer:
                 continue
-            key = " ".join(str(meta[k]) for k in ("quant", "scope") if meta.get(k)) + f" {label}"
-            lines.setdefault(key, []).append((w_bits, run["metrics"]["bbox"]["AP"]))
-        for key, points in sorted(lines.items()):
+            key = (str(meta.get("variant", "")), str(meta.get("quant", "")), str(meta.get("scope", "")),
+                   _run_id(run).split("/")[0])
+            for which in ("parent", "control"):
+                delta = ap_delta(run, by_id, which)
+                if delta is not None:
+                    lines.setdefault(key + (which,), []).append((w_bits, delta))
+        ax.axhline(0, color="k", lw=0.8)
+        for (variant, method, scope, run_set, which), points in sorted(lines.items()):
             xs, ys = zip(*sorted(points))
-            ax.plot(xs, ys, marker="o", label=key)
-        ax.set(title=task, xlabel="bit width (A=W)", ylabel="bbox AP")
+            ax.plot(xs, ys, marker=markers[method], color=colours[variant],
+                    ls="-" if which == "parent" else "--", mfc="none" if which == "control" else None,
+                    label=f"{variant} {method} {scope} [{run_set}] vs {which}")
+        ax.set(title=task, xlabel="bit width (A=W)", ylabel="AP - AP(FP32 parent or control)")
         ax.set_xticks([1, 2, 3, 4, 5, 6, 8])
-        if ax.lines:
-            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15))
+        if ax.lines[1:]:
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path)

@@ -38,9 +38,9 @@ def two_runs(tmp_path):
 def test_main_rows_exact_and_sorted_by_bits_descending(two_runs):
     rows = dashboard.main_rows(dashboard.collect_runs([str(two_runs)]))
     assert rows == [
-        ["digits_det_val", "FCOS", "FP32", "R-18", "32/32", "no", "45.3", "Full-BN", "75.0", "48.2",
+        ["digits_det_val", "FCOS", "FP32", "R-18", "32/32", "no", "45.3", "", "", "Full-BN", "75.0", "48.2",
          "runs/fcos_fp32", "`python tools/train_net.py --config-file fcos_fp32.yaml`"],
-        ["digits_det_val", "FCOS", "LSQ", "R-18", "4/4", "no", "41.3", "Full-BN, Quantize-All",
+        ["digits_det_val", "FCOS", "LSQ", "R-18", "4/4", "no", "41.3", "", "", "Full-BN, Quantize-All",
          "70.0", "44.0", "runs/fcos_w4a4", "`python tools/train_net.py --config-file fcos_w4a4.yaml`"],
     ]
 
@@ -60,7 +60,7 @@ def test_dashboard_file_has_header_tables_and_plot(two_runs, tmp_path):
     assert "Regenerate with `python tools/dashboard.py --x`" in text
     assert "- Machine: 2-core test box" in text
     assert "total wall time 1.00 h" in text  # 2 x 1800 s
-    assert ("| digits_det_val | FCOS | LSQ | R-18 | 4/4 | no | 41.3 | Full-BN, Quantize-All | 70.0 "
+    assert ("| digits_det_val | FCOS | LSQ | R-18 | 4/4 | no | 41.3 |  |  | Full-BN, Quantize-All | 70.0 "
             "| 44.0 | runs/fcos_w4a4 | `python tools/train_net.py --config-file fcos_w4a4.yaml` |") in text
     assert "## Reported by the original project (not reproduced here)" in text
     assert "| COCO | FCOS | - | Torch-18 | 4/4 | - | 35.2 | 1x,FPN-BN, Quantize-All, double-init |" in text
@@ -102,7 +102,7 @@ def test_readme_section_replaced_and_nothing_else(two_runs, tmp_path):
     section, tail = rest.split("<!-- dashboard:end -->")
     assert head == "# Title\n\nIntro.\n\n" and tail == "\n\n## After\nkeep\n"
     assert "old table" not in section and "[DASHBOARD.md](DASHBOARD.md)" in section
-    assert "| digits_det_val | FCOS | FP32 | R-18 | 32/32 | no | 45.3 | Full-BN | 75.0 | 48.2 |" in section
+    assert "| digits_det_val | FCOS | FP32 | R-18 | 32/32 | no | 45.3 |  |  | Full-BN | 75.0 | 48.2 |" in section
 
 
 def test_readme_without_markers_is_an_error_naming_it(two_runs, tmp_path):
@@ -146,3 +146,26 @@ def test_classifier_run_without_accuracy_is_refused(two_runs):
         "seed": 0, "status": "done", "metrics": {"classification": {"train_acc": 1.0}}}))
     with pytest.raises(ValueError, match=r"backbone_bad/run.json: .*metrics.classification.val_acc"):
         dashboard.collect_runs([str(two_runs)])
+
+
+def test_differences_to_parent_and_control_and_superseded_rows(tmp_path):
+    new, old = tmp_path / "lowbit", tmp_path / "digits"
+    fp32 = {"task": "FCOS", "model": "R-18", "quant": "FP32", "bits": "32/32", "variant": "Full-BN"}
+    write_run(new, "parent", fp32, 50.0, 70.0, 55.0)
+    write_run(new, "ctrl", dict(fp32, comment="control"), 53.25, 72.0, 57.0, init_from="parent")
+    write_run(new, "w2a2", {"task": "FCOS", "quant": "LSQ", "bits": "2/2", "control": "ctrl",
+                            "variant": "Full-BN", "supersedes": ["digits/w2a2_old"]},
+              49.0, 69.0, 52.0, init_from="parent")
+    write_run(new, "w2a2_qb", {"task": "FCOS", "quant": "LSQ", "bits": "2/2", "control": "ctrl"},
+              51.0, 69.0, 52.0, init_from="clf", extra_from="parent")
+    write_run(old, "w2a2_old", {"task": "FCOS", "quant": "LSQ", "bits": "2/2"}, 20.0, 30.0, 10.0)
+    records = dashboard.collect_runs([str(new), str(old)])
+    rows = {row[12]: row for row in dashboard.main_rows(records)}
+    assert rows["lowbit/w2a2"][6:9] == ["49.0", "-1.0", "-4.2"]
+    assert rows["lowbit/w2a2_qb"][6:9] == ["51.0", "+1.0", "-2.2"]  # parent = extra_from
+    assert rows["lowbit/ctrl"][6:9] == ["53.2", "+3.2", ""]
+    assert rows["lowbit/parent"][7:9] == ["", ""]
+    assert rows["digits/w2a2_old"][9].startswith("**superseded** by lowbit/w2a2")
+    plot = tmp_path / "ap.png"
+    dashboard.plot_ap_vs_bits(records, str(plot))
+    assert plot.stat().st_size > 1000

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import time
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -45,6 +46,7 @@ SCOPE = ("layer1", "layer2", "layer3", "layer4")
 MAX_SHIFT = 2  # augmentation: random translation of each batch by up to this many pixels
 # Defaults of tools/train_classifier.py (see its --help): measured on the default digits-det.
 DEFAULTS = {"fp32": {"epochs": 8, "lr": 0.002}, "quant": {"epochs": 4, "lr": 0.0005}, "size": 48}
+PROGRESS_EVERY = 20  # batches between progress lines (with an ETA) in the log
 MODEL_FILE = "model_final.pth"
 METRICS_FILE = "metrics.json"
 
@@ -158,10 +160,11 @@ def train_classifier(out_dir, *, epochs, lr, batch_size, seed, quant_spec=None, 
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / max(total_steps, 1))))
     history = []
+    train_start, step = time.time(), 0
     for epoch in range(epochs):
         model.train()
         loss_sum, correct, seen = 0.0, 0, 0
-        for images, labels in loader:
+        for batch, (images, labels) in enumerate(loader, 1):
             logits = model(shift(images, shift_gen))
             loss = F.cross_entropy(logits, labels)
             optimizer.zero_grad()
@@ -171,6 +174,11 @@ def train_classifier(out_dir, *, epochs, lr, batch_size, seed, quant_spec=None, 
             loss_sum += loss.item() * len(labels)
             correct += (logits.argmax(1) == labels).sum().item()
             seen += len(labels)
+            step += 1
+            if batch % PROGRESS_EVERY == 0:
+                eta = (time.time() - train_start) / step * (total_steps - step)
+                logger.info(f"epoch {epoch + 1}/{epochs} batch {batch}/{len(loader)} loss "
+                            f"{loss_sum / seen:.4f}  eta: {timedelta(seconds=round(eta))}")
         history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "running_train_acc": correct / seen,
                         "val_acc": accuracy(model, val_x, val_y), "time_s": time.time() - start})
         logger.info("epoch %d/%d: %s", epoch + 1, epochs, history[-1])
@@ -190,3 +198,4 @@ def train_classifier(out_dir, *, epochs, lr, batch_size, seed, quant_spec=None, 
     atomic_torch_save(model.state_dict(), os.path.join(out_dir, MODEL_FILE))
     _atomic_json(metrics, os.path.join(out_dir, METRICS_FILE))
     return metrics
+

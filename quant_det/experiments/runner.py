@@ -37,6 +37,7 @@ import shlex
 import subprocess
 import sys
 import time
+from datetime import timedelta
 
 import yaml
 
@@ -190,11 +191,15 @@ def execute(run, root, log=print):
 
 
 def _stream(cmd, log_path, log):
-    """Run `cmd`, append all its output to `log_path`, echo progress (ETA) lines; return exit code."""
+    """Run `cmd`, append all its output to `log_path`, echo progress (ETA) lines as they come;
+    return the exit code. The child runs unbuffered, so a line reaches the console when printed."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(log_path, "a") as out, subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+            env=env) as proc:
         for line in proc.stdout:
             out.write(line)
+            out.flush()
             match = PROGRESS.search(line)
             if match:
                 log("    " + line[match.start():].rstrip())
@@ -213,9 +218,21 @@ def run_set(path, only=None, log=print, root=None):
     unknown = sorted(set(only or ()) - {run["name"] for run in spec["runs"]})
     if unknown:
         raise ValueError(f"--only: {unknown} are not rows of {path}")
-    records = []
-    for run in spec["runs"]:
-        if only and run["name"] not in only:
-            continue
+    rows = [run for run in spec["runs"] if not only or run["name"] in only]
+    records, start, ran = [], time.time(), []
+    for i, run in enumerate(rows, 1):
+        log(f"[row {i}/{len(rows)}] {run['name']}  {progress(start, ran, len(rows) - i + 1)}")
+        row_start = time.time()
         records.append(execute(run, root or spec["root"], log=log))
+        if time.time() - row_start > 5:  # skipped rows do not inform the estimate
+            ran.append(time.time() - row_start)
     return records
+
+
+def progress(start, durations, remaining):
+    """"elapsed 0:12:00, about 0:30:00 left" from the rows run so far (a crude mean-row estimate)."""
+    text = f"elapsed {timedelta(seconds=round(time.time() - start))}"
+    if durations:
+        text += f", about {timedelta(seconds=round(sum(durations) / len(durations) * remaining))} left"
+    return text
+

@@ -35,7 +35,7 @@ def test_demo_runs_under_its_root_and_ends_in_the_dashboard(tmp_path, monkeypatc
     assert "| fcos_w2a2    | LSQ            | 2/2        | Quantize-Backbone | AP 33.8" in out
     assert "top-1 50.0%" in out
     text = (root / "DASHBOARD.md").read_text()
-    assert "| digits_det_val | FCOS | LSQ | ? | 2/2 | no | 33.8 | Quantize-Backbone |" in text
+    assert "| digits_det_val | FCOS | LSQ | ? | 2/2 | no | 33.8 |  |  | Quantize-Backbone |" in text
     assert "| demo/backbone_low | LSQ | 2/2 | 50.0 | 75.0 | 1 | abc |" in text
     assert (root / "ap_vs_bits.png").stat().st_size > 0
     assert f"--roots {root} --out {root}/DASHBOARD.md" in text

@@ -3,6 +3,7 @@ import json
 import os
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -172,3 +173,21 @@ def test_demo_is_the_recipe_in_miniature():
     qbackbone = [r for r in runs.values() if r.get("extra_from")]
     assert qbackbone and all(runs[r["init_from"]]["kind"] == "classifier" for r in qbackbone)
     assert all(runs[r["extra_from"]]["meta"]["bits"] == "32/32" for r in qbackbone)
+
+
+def test_child_progress_reaches_the_console_while_the_child_runs(tmp_path):
+    """A child's "eta:" line is echoed within seconds, not when the child's buffer fills or it exits."""
+    child = tmp_path / "child.py"
+    child.write_text("import time\nprint('iter: 1  eta: 0:00:05')\ntime.sleep(6)\nprint('done')\n")
+    seen = []
+    start = time.time()
+    code = runner._stream([sys.executable, str(child)], str(tmp_path / "out.log"),
+                          lambda m: seen.append((time.time() - start, m)))
+    assert code == 0 and len(seen) == 1 and "eta: 0:00:05" in seen[0][1]
+    assert seen[0][0] < 4, f"progress line arrived after {seen[0][0]:.1f} s"
+    assert (tmp_path / "out.log").read_text().splitlines() == ["iter: 1  eta: 0:00:05", "done"]
+
+
+def test_rows_are_announced_with_their_position_and_elapsed_time():
+    assert runner.progress(time.time() - 65, [], 3) == "elapsed 0:01:05"
+    assert runner.progress(time.time() - 10, [60.0, 120.0], 2) == "elapsed 0:00:10, about 0:03:00 left"

@@ -193,15 +193,19 @@ def quantize_module(module: nn.Module, spec: QuantizationSpec, wbits: int, abits
     return cls.from_float(module, wq, aq, standardize_weight=spec.weight_standardize and wbits != FLOAT_BITS)
 
 
-def convert_to_quantization(model: nn.Module, cfg) -> List[Tuple[str, ...]]:
-    """Swap the layers selected by cfg.MODEL.QUANTIZATION in place; return the logged table rows.
+def convert_to_quantization(model: nn.Module, cfg) -> nn.Module:
+    """Swap the layers selected by cfg.MODEL.QUANTIZATION in place and return `model`.
 
-    Does nothing (and returns []) when SCOPE is empty, so default configs give the float model.
+    The logged table (one row per Conv2d/Linear: name, type, weight, activation, note) stays
+    available as `model.quantization_table`. Does nothing (the table is []) when SCOPE is empty,
+    so default configs give the float model.
+
+    Example:
+        model = convert_to_quantization(build_model(cfg), cfg)
     """
     spec = QuantizationSpec.from_config(cfg)
-    if not spec.enabled:
-        return []
-    return quantize_model(model, spec)
+    model.quantization_table = quantize_model(model, spec) if spec.enabled else []
+    return model
 
 
 def quantize_model(model: nn.Module, spec: QuantizationSpec) -> List[Tuple[str, ...]]:

@@ -69,7 +69,7 @@ def test_fixture_translates_merges_and_builds(name):
     cfg.MODEL.DEVICE = "cpu"
     model = build_model(cfg)
     assert isinstance(model.backbone, TopDownReLUFPN) == (placement == "fork")
-    rows = {r[0]: r for r in convert_to_quantization(model, cfg)}
+    rows = {r[0]: r for r in convert_to_quantization(model, cfg).quantization_table}
     stem = rows["backbone.bottom_up.stem.conv1"]
     if "M2F8L8" in name and meta == "FCOS":
         assert stem[2:4] == ("lsq/8b", "float")  # policy: first layer weights 8 bit, input image float

@@ -19,7 +19,7 @@ def test_everything_in_scope_is_swapped_except_skip(cfg_loader, config):
     cfg = cfg_loader(config, *QUANT, "MODEL.QUANTIZATION.SKIP", ["head.cls_score"],
                      "MODEL.QUANTIZATION.POLICY", [["backbone.bottom_up.stem.conv1", 8, 32]])
     model = build_model(cfg)
-    rows = convert_to_quantization(model, cfg)
+    rows = convert_to_quantization(model, cfg).quantization_table
     for name, m in model.named_modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             quantized = isinstance(m, (QuantConv2d, QuantLinear))
@@ -48,7 +48,7 @@ def test_float_checkpoint_loads_with_only_quantizer_keys_missing(cfg_loader, con
 def test_default_config_leaves_model_float(cfg_loader):
     cfg = cfg_loader(CONFIGS[0])
     model = build_model(cfg)
-    assert convert_to_quantization(model, cfg) == []
+    assert convert_to_quantization(model, cfg) is model and model.quantization_table == []
     assert not any(isinstance(m, QuantConv2d) for m in model.modules())
 
 
@@ -91,3 +91,14 @@ def test_fpn_convs_used_through_lists_are_the_quantized_ones(cfg_loader):
     registered = {id(m) for n, m in fpn.named_children() if n.startswith("fpn_")}
     assert len(used) == 6 and all(isinstance(c, QuantConv2d) for c in used)
     assert {id(c) for c in used} == registered  # forward calls the swapped modules
+
+
+def test_public_entry_point_returns_the_model_with_its_table(cfg_loader):
+    from quant_det import convert_to_quantization as public
+    cfg = cfg_loader(CONFIGS[1], *QUANT)
+    model = build_model(cfg)
+    assert public(model, cfg) is model
+    table = {row[0]: row for row in model.quantization_table}
+    assert isinstance(model.head.cls_score, QuantConv2d)
+    assert table["head.cls_score"][1:4] == ("Conv2d", "lsq/4b", "lsq/4b")
+    assert table["backbone.bottom_up.stem.conv1"][2] == "lsq/4b"

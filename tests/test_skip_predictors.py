@@ -18,7 +18,7 @@ PREDICTORS = {
 def test_skip_predictors_leaves_exactly_the_predictor_convs_float(cfg_loader, config):
     cfg = cfg_loader(config, *QUANT, "MODEL.QUANTIZATION.SKIP_PREDICTORS", True)
     model = build_model(cfg)
-    rows = convert_to_quantization(model, cfg)
+    rows = convert_to_quantization(model, cfg).quantization_table
     layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
     float_layers = {n for n, m in layers.items() if not isinstance(m, (QuantConv2d, QuantLinear))}
     assert float_layers == PREDICTORS[config]

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Rebuild DASHBOARD.md, the AP-vs-bits plot and README's dashboard section from finished runs.
 
-    python tools/dashboard.py --roots experiments/digits experiments/demo --machine "2-core CPU"
+    python tools/dashboard.py --roots experiments/lowbit experiments/digits experiments/demo --machine "2-core CPU"
 """
 import argparse
 import shlex
@@ -13,7 +13,8 @@ from quant_det.experiments.dashboard import build
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--roots", nargs="+", default=["experiments/digits", "experiments/demo"],
+    parser.add_argument("--roots", nargs="+",
+                        default=["experiments/lowbit", "experiments/digits", "experiments/demo"],
                         help="run-set roots to scan for <name>/run.json")
     parser.add_argument("--out", default="DASHBOARD.md")
     parser.add_argument("--readme", default="README.md",

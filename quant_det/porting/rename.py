@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .checkpointer import atomic_torch_save
+from ..checkpoint import atomic_torch_save
 from .convert_quantizers import QuantizerReport, moved_quantizers, convert_renamed_quantizers
 from .quantizer_values import SourceQuantizer
 from .rules import RenameRule, collect_rules

@@ -3,9 +3,10 @@
 Offline porting of other projects' checkpoints and configs lives in quant_det/porting/.
 """
 from .checkpointer import QuantDetCheckpointer, atomic_torch_save
-from .double_init import DoubleInitReport, load_double_init, read_checkpoint_file
+from .double_init import DoubleInitReport, load_double_init
+from .io import read_checkpoint, strip_module_prefix
 
 __all__ = [
     "QuantDetCheckpointer", "atomic_torch_save",
-    "DoubleInitReport", "load_double_init", "read_checkpoint_file",
+    "DoubleInitReport", "load_double_init", "read_checkpoint", "strip_module_prefix",
 ]

@@ -18,9 +18,9 @@ Examples:
 import argparse
 import sys
 
-from quant_det.checkpoint.quantizer_values import OUR_TARGETS, THEIR_METHODS, SourceQuantizer
-from quant_det.checkpoint.rename import format_report, rename_checkpoint
-from quant_det.checkpoint.rules import RULE_SETS
+from quant_det.porting.quantizer_values import OUR_TARGETS, THEIR_METHODS, SourceQuantizer
+from quant_det.porting.rename import format_report, rename_checkpoint
+from quant_det.porting.rules import RULE_SETS
 
 RANGES = {"signed": True, "unsigned": False}
 

@@ -1,12 +1,12 @@
-"""Checkpoint tools: key renaming into detectron2 names, WEIGHT_EXTRA double init, atomic saves."""
+"""Runtime checkpoint loading: atomic saves, WEIGHT_EXTRA double init, the checkpoint reader.
+
+Offline porting of other projects' checkpoints and configs lives in quant_det/porting/.
+"""
 from .checkpointer import QuantDetCheckpointer, atomic_torch_save
-from .double_init import DoubleInitReport, load_double_init, read_checkpoint_file
-from .rename import RenameResult, format_report, rename_checkpoint, rename_state_dict
-from .rules import RULE_SETS, RenameRule, builtin_rules, expand_braces, read_mapping_files
+from .double_init import DoubleInitReport, load_double_init
+from .io import read_checkpoint, strip_module_prefix
 
 __all__ = [
     "QuantDetCheckpointer", "atomic_torch_save",
-    "DoubleInitReport", "load_double_init", "read_checkpoint_file",
-    "RenameResult", "format_report", "rename_checkpoint", "rename_state_dict",
-    "RULE_SETS", "RenameRule", "builtin_rules", "expand_braces", "read_mapping_files",
+    "DoubleInitReport", "load_double_init", "read_checkpoint", "strip_module_prefix",
 ]

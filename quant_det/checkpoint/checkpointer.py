@@ -25,7 +25,8 @@ from typing import Any, Callable, Dict, Optional
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from .double_init import DoubleInitReport, load_double_init, read_checkpoint_file
+from .double_init import DoubleInitReport, load_double_init
+from .io import read_checkpoint, strip_module_prefix
 
 # State-dict keys of the quantizer submodules of QuantConv2d/QuantLinear.
 QUANTIZER_KEY = re.compile(r"(^|.*\.)(weight|input)_quantizer\.[^.]+$")
@@ -54,8 +55,8 @@ def check_compatible(model_state: Dict[str, Any], file_state: Dict[str, Any], pa
     our own checkpoint) any missing or unexpected key is an error. A float checkpoint (no
     quantizer keys) may initialize a quantized model: its quantizers initialize from data.
     """
-    file_keys = {k[len("module."):] if k.startswith("module.") else k for k in file_state}
-    file_state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in file_state.items()}
+    file_state = strip_module_prefix(file_state)
+    file_keys = set(file_state)
     model_keys = set(model_state)
     common = file_keys & model_keys
     if not common:
@@ -188,7 +189,7 @@ class QuantDetCheckpointer(DetectionCheckpointer):
         return super().load(path, checkpointables=checkpointables)
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
-        return read_checkpoint_file(filename, loader=super()._load_file)
+        return read_checkpoint(filename, loader=super()._load_file)
 
     def _load_model(self, checkpoint: Dict[str, Any]):
         if not checkpoint.get("matching_heuristics", False):  # model-zoo files are renamed later

@@ -10,61 +10,24 @@ Example:
     report.source["backbone.bottom_up.res2.0.conv1.weight"]  # -> "backbone_w2a2.pth"
 """
 import logging
-import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
-from detectron2.utils.file_io import PathManager
-from fvcore.common.checkpoint import _strip_prefix_if_present
 from tabulate import tabulate
 from torch import nn
+
+from .io import read_checkpoint, strip_module_prefix
 
 logger = logging.getLogger(__name__)
 
 
-def read_checkpoint_file(path: str, loader: Optional[Callable[[str], Any]] = None) -> Dict[str, Any]:
-    """Read `path` the way DetectionCheckpointer does (.pkl, .pyth, .pth); return its dict.
-
-    The result always has "model": a dict of tensors/arrays. A missing, empty, truncated or
-    foreign file raises FileNotFoundError/ValueError naming the file instead of a deep
-    unpickling traceback. `loader` defaults to `DetectionCheckpointer._load_file`.
-    """
-    if not path:
-        raise ValueError("checkpoint path is empty")
-    local = path if os.path.isfile(path) else PathManager.get_local_path(path)
-    if not os.path.isfile(local):
-        raise FileNotFoundError(f"checkpoint file {path!r} not found")
-    if os.path.getsize(local) == 0:
-        raise ValueError(f"checkpoint file {path!r} is empty (0 bytes)")
-    if loader is None:
-        loader = DetectionCheckpointer(nn.Module(), save_to_disk=False)._load_file
-    try:
-        data = loader(local)
-    except Exception as e:  # torch.load/pickle raise many types for truncated or foreign files
-        raise ValueError(
-            f"cannot read checkpoint file {path!r} (truncated, or not a checkpoint?): "
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        ) from e
-    state = data.get("model") if isinstance(data, dict) else None
-    if not isinstance(state, dict) or not state:
-        raise ValueError(f"checkpoint file {path!r} holds no state dict (found {type(state).__name__})")
-    for key, value in state.items():
-        if not isinstance(value, (torch.Tensor, np.ndarray)):
-            raise ValueError(
-                f"checkpoint file {path!r} is not a model checkpoint: entry {key!r} of its "
-                f"state dict is a {type(value).__name__}, not a tensor"
-            )
-    return data
-
-
 def _state_dict_for(model: nn.Module, data: Dict[str, Any]) -> Dict[str, torch.Tensor]:
     """The file's state dict in the model's names: tensors, `module.` stripped, heuristics applied."""
-    state = {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in data["model"].items()}
-    _strip_prefix_if_present(state, "module.")
+    state = strip_module_prefix(
+        {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in data["model"].items()})
     if data.get("matching_heuristics", False):  # Caffe2/pycls model-zoo files, as detectron2 does
         state = align_and_update_state_dicts(
             model.state_dict(), state, c2_conversion=data.get("__author__") == "Caffe2"
@@ -124,7 +87,7 @@ def load_double_init(model: nn.Module, weights: str, weight_extra: str,
     report = DoubleInitReport(weights=weights, weight_extra=weight_extra)
     merged: Dict[str, torch.Tensor] = {}
     for path in [weight_extra] + ([weights] if weights else []):
-        state = _state_dict_for(model, read_checkpoint_file(path))
+        state = _state_dict_for(model, read_checkpoint(path))
         for key, value in state.items():
             if key not in model_state:
                 report.unexpected.setdefault(path, []).append(key)

@@ -16,7 +16,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from .. import modeling  # noqa: F401  (registers FCOS and the FPN-BN backbone)
-from ..compat import is_original_config, merge_original_config
+from ..porting.compat import is_original_config, merge_original_config
 from ..config import add_quant_det_config
 from ..convert import QuantizationSpec
 from ..data import register_datasets_for
@@ -34,7 +34,7 @@ def argument_parser():
     parser.add_argument(
         "--allow-original-key", action="append", default=[], metavar="KEY_PREFIX",
         help="for a yaml written for the original low-bit fork: accept losing the behaviour of "
-             "these keys (see quant_det/compat.py) instead of refusing the file")
+             "these keys (see quant_det/porting/compat.py) instead of refusing the file")
     return parser
 
 

@@ -30,7 +30,7 @@ import torchvision
 from PIL import Image
 from torch.nn import functional as F
 
-from ..checkpoint import atomic_torch_save
+from ..checkpoint import atomic_torch_save, read_checkpoint
 from ..checkpoint.checkpointer import atomic_write
 from ..convert import QuantizationSpec, quantize_model
 from ..data import digits_det_root
@@ -96,7 +96,7 @@ def build_classifier(quant_spec=None, init=None):
     converted by `quantize_model(model, quant_spec)` if a spec is given."""
     model = torchvision.models.resnet18(weights=None, num_classes=NUM_CLASSES)
     if init is not None:
-        state = torch.load(init, map_location="cpu", weights_only=True) if isinstance(init, str) else init
+        state = read_checkpoint(init)["model"] if isinstance(init, str) else init
         model.load_state_dict(state)
     if quant_spec is not None:
         quant_spec.validate()

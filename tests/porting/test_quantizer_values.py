@@ -1,10 +1,10 @@
 """convert_quantizer: their quantizer tensors -> our quantizer state giving the same output as
-their forward (tests/checkpoint/original_quant.py), or NotConvertible with the reason."""
+their forward (tests/porting/original_quant.py), or NotConvertible with the reason."""
 import pytest
 import torch
-from checkpoint import original_quant as theirs
+from porting import original_quant as theirs
 
-from quant_det.checkpoint.quantizer_values import NotConvertible, SourceQuantizer, convert_quantizer
+from quant_det.porting.quantizer_values import NotConvertible, SourceQuantizer, convert_quantizer
 from quant_det.quantizers import build_quantizer
 
 torch.set_num_threads(1)

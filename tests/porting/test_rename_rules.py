@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from quant_det.checkpoint import expand_braces, read_mapping_files, rename_state_dict
-from quant_det.checkpoint.rules import builtin_rules, collect_rules, parse_regex_rule
+from quant_det.porting import expand_braces, read_mapping_files, rename_state_dict
+from quant_det.porting.rules import builtin_rules, collect_rules, parse_regex_rule
 
 
 def write(path, text):

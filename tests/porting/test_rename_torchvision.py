@@ -7,8 +7,8 @@ from detectron2.config import get_cfg
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
-from quant_det.checkpoint import rename_checkpoint, rename_state_dict
-from quant_det.checkpoint.rules import builtin_rules
+from quant_det.porting import rename_checkpoint, rename_state_dict
+from quant_det.porting.rules import builtin_rules
 
 torch.set_num_threads(1)
 

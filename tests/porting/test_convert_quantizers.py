@@ -1,21 +1,21 @@
 """An original model-quantization ResNet-18 checkpoint (LSQ W2A2, synthetic) renamed with its
 quantizer values converted loads into our quantized detectron2 ResNet-18, keeps the values in
-training mode, and reproduces the original's forward (tests/checkpoint/original_quant.py)."""
+training mode, and reproduces the original's forward (tests/porting/original_quant.py)."""
 import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 import torchvision
-from checkpoint import original_quant as theirs
 from conftest import detectron2_resnet18
+from porting import original_quant as theirs
 from torch import nn
 from torch.nn import functional as F
 
-from quant_det.checkpoint import rename_checkpoint
 from quant_det.checkpoint.checkpointer import check_compatible
-from quant_det.checkpoint.quantizer_values import SourceQuantizer
 from quant_det.convert import QuantizationSpec, quantize_model
+from quant_det.porting import rename_checkpoint
+from quant_det.porting.quantizer_values import SourceQuantizer
 
 torch.set_num_threads(1)
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "rename_checkpoint.py"

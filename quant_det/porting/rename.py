@@ -11,9 +11,9 @@ Example:
                                prefix="backbone.bottom_up.")
     print(format_report(result))
 """
+import functools
 import os
 import pickle
-import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .checkpointer import atomic_torch_save
+from ..checkpoint import atomic_torch_save, read_checkpoint, strip_module_prefix
 from .convert_quantizers import QuantizerReport, moved_quantizers, convert_renamed_quantizers
 from .quantizer_values import SourceQuantizer
 from .rules import RenameRule, collect_rules
@@ -70,47 +70,39 @@ def rename_state_dict(state_dict: Dict[str, torch.Tensor], rules: Sequence[Renam
     return result
 
 
-def _as_state_dict(data: Any, path: str) -> "OrderedDict[str, torch.Tensor]":
-    """Unwrap {'model': sd} / {'state_dict': sd} / sd; strip `module.`; arrays -> tensors."""
+def _load_source(path: str, unsafe_pickle: bool = False) -> Dict[str, Any]:
+    """{"model": the file's "model" or "state_dict" entry, or the file itself if bare}.
+
+    .pkl files are plain pickles; torch files load with `weights_only` unless `unsafe_pickle`.
+    """
+    if path.endswith(".pkl"):
+        with open(path, "rb") as f:
+            data = pickle.load(f, encoding="latin1")
+    else:
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=not unsafe_pickle)
+        except pickle.UnpicklingError as e:
+            if unsafe_pickle:
+                raise
+            raise pickle.UnpicklingError(
+                f"{str(e).splitlines()[0]} (if you trust it, retry with --unsafe-pickle)") from e
     if isinstance(data, dict):
         for wrapper in ("model", "state_dict"):
             if isinstance(data.get(wrapper), dict):
-                data = data[wrapper]
-                break
-    if not isinstance(data, dict) or not data:
-        raise ValueError(f"{path}: no state dict found (top level is {type(data).__name__})")
-    out = OrderedDict()
-    for key, value in data.items():
-        if isinstance(value, np.ndarray):
-            value = torch.from_numpy(value)
-        if not isinstance(value, torch.Tensor):
-            raise ValueError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor; "
-                             f"top-level keys are {sorted(map(str, data))[:10]}")
-        out[key[len("module."):] if key.startswith("module.") else key] = value
-    return out
+                return {"model": data[wrapper]}
+    return {"model": data}
 
 
 def read_source_state_dict(path: str, unsafe_pickle: bool = False) -> "OrderedDict[str, torch.Tensor]":
-    """Read a checkpoint to rename: .pkl (pickle) or torch files, wrapped or bare.
+    """Read a checkpoint to rename (.pkl or torch file, wrapped or bare) with the shared
+    `read_checkpoint`; return its state dict with `module.` stripped and arrays as tensors.
 
     torch files are read with `weights_only=True`; checkpoints holding arbitrary Python objects
     (e.g. argparse namespaces) need `unsafe_pickle=True`, for files you trust only.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"input checkpoint {path!r} not found")
-    try:
-        if path.endswith(".pkl"):
-            with open(path, "rb") as f:
-                data = pickle.load(f, encoding="latin1")
-        else:
-            data = torch.load(path, map_location="cpu", weights_only=not unsafe_pickle)
-    except pickle.UnpicklingError as e:
-        hint = "" if unsafe_pickle else " (if you trust it, retry with --unsafe-pickle)"
-        first_line = re.sub(r"\x1b\[[0-9;]*m", "", str(e).splitlines()[0])  # drop torch's colours
-        raise ValueError(f"cannot read {path!r}{hint}: {first_line}") from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise ValueError(f"cannot read {path!r} (truncated, or not a checkpoint?): {e}") from e
-    return _as_state_dict(data, path)
+    data = read_checkpoint(path, loader=functools.partial(_load_source, unsafe_pickle=unsafe_pickle))
+    return OrderedDict((key, torch.from_numpy(value) if isinstance(value, np.ndarray) else value)
+                       for key, value in strip_module_prefix(data["model"]).items())
 
 
 def check_output_path(src: str, dst: str, force: bool = False) -> None:

@@ -1,4 +1,4 @@
-"""quant_det.compat: original-fork yamls (tests/fixtures/original_configs) translate, merge, build."""
+"""quant_det.porting.compat: original-fork yamls (tests/fixtures/original_configs) translate, merge, build."""
 import os
 
 import pytest
@@ -6,12 +6,13 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 import quant_det.modeling  # noqa: F401  (registers FCOS and the FPN-BN backbone)
-from quant_det.compat import is_original_config, merge_original_config, translate_original_config
 from quant_det.config import add_quant_det_config
 from quant_det.convert import convert_to_quantization
 from quant_det.modeling.fpn_relu import TopDownReLUFPN
+from quant_det.porting.compat import is_original_config, merge_original_config, translate_original_config
 
-ROOT = os.path.join(os.path.dirname(__file__), "fixtures", "original_configs")
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.join(TESTS, "fixtures", "original_configs")
 FCOS_DIR = os.path.join(ROOT, "AdelaiDet", "configs", "FCOS-Detection")
 RETINA_DIR = os.path.join(ROOT, "detectron2", "configs", "COCO-Detection")
 BACKBONE_SCOPE = ["backbone.bottom_up.res2", "backbone.bottom_up.res3", "backbone.bottom_up.res4",
@@ -125,7 +126,7 @@ def test_unsupported_keys_raise_one_error_naming_all(tmp_path):
 
 
 def test_our_configs_are_not_original():
-    repo = os.path.dirname(os.path.dirname(__file__))
+    repo = os.path.dirname(TESTS)
     assert not is_original_config(os.path.join(repo, "configs/digits/quant/fcos_R_18_FPN_w4a4_lsq.yaml"))
 
 

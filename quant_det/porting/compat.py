@@ -16,7 +16,7 @@ import re
 
 from detectron2.config import CfgNode, get_cfg
 
-from .config import add_quant_det_config
+from ..config import add_quant_det_config
 
 Q = "MODEL.QUANTIZATION."
 _FCOS_RENAMES = {"LOSS_ALPHA": "FOCAL_LOSS_ALPHA", "LOSS_GAMMA": "FOCAL_LOSS_GAMMA",
@@ -178,7 +178,7 @@ def _policy_layers(translated):
     """Conv2d/Linear names in the fork's index order: SCOPE entries in turn, modules in registration order."""
     from detectron2.modeling import build_model
     from torch import nn
-    from . import modeling  # noqa: F401  (registers FCOS and our backbone)
+    from .. import modeling  # noqa: F401  (registers FCOS and our backbone)
     cfg = add_quant_det_config(get_cfg())
     plain = copy.deepcopy(translated)
     plain["MODEL"].pop("QUANTIZATION", None)

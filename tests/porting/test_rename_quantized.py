@@ -4,9 +4,9 @@ import torch
 import torchvision
 from conftest import detectron2_resnet18
 
-from quant_det.checkpoint import rename_state_dict
-from quant_det.checkpoint.rules import builtin_rules
 from quant_det.convert import QuantizationSpec, quantize_model
+from quant_det.porting import rename_state_dict
+from quant_det.porting.rules import builtin_rules
 
 torch.set_num_threads(1)
 

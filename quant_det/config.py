@@ -132,7 +132,8 @@ def add_quantization_config(cfg):
     # training batches (no gradients, weights unchanged); model_final.pth then holds them.
     # 0 = off. An int >= 0.
     q.BN_REESTIMATE_ITERS = 0
-    # Knowledge distillation from a full-precision teacher (the FP32 parent) during QAT: an extra
+    # Knowledge distillation from a full-precision teacher (the FP32 parent) during QAT (ignored
+    # when SCOPE is [], so a QAT config with quantization off is its plain float control): an extra
     # loss "loss_distill" = WEIGHT * (BCE of the student's class logits to the teacher's sigmoid
     # scores + L1 of box deltas and centerness logits, both weighted by the teacher's top score).
     q.DISTILL = CN()

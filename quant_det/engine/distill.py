@@ -107,10 +107,11 @@ class Distillation:
 
 
 def attach_distillation(model: nn.Module, cfg):
-    """Add the distillation loss to `model`'s training losses if DISTILL.WEIGHT > 0; returns the
-    `Distillation` (or None)."""
+    """Add the distillation loss to `model`'s training losses if DISTILL.WEIGHT > 0 and
+    quantization is on (SCOPE not empty: a QAT config run with SCOPE [] is its float control,
+    trained exactly like the float parent); returns the `Distillation` (or None)."""
     weight = cfg.MODEL.QUANTIZATION.DISTILL.WEIGHT
-    if weight <= 0:
+    if weight <= 0 or not cfg.MODEL.QUANTIZATION.SCOPE:
         return None
     if not hasattr(model, "head_in_features"):
         raise ValueError(f"{KEY}.WEIGHT={weight}: distillation supports the dense detectors "

@@ -56,3 +56,18 @@ def test_hooks_add_loss_distill_in_training_only(cfg_loader, batch_maker):
     student.eval()
     with torch.no_grad():
         assert isinstance(student(batch_maker(num_images=1, size=64)), list)  # inference unchanged
+
+
+def test_no_teacher_without_weight_or_without_quantization(cfg_loader):
+    from quant_det.engine.distill import attach_distillation
+    cfg = cfg_loader("configs/digits/quant/fcos_R_18_FPN_FullBN_w2a2_lsq.yaml")  # DISTILL.WEIGHT 1.0
+    assert cfg.MODEL.QUANTIZATION.DISTILL.WEIGHT == 1.0
+    control = cfg_loader("configs/digits/quant/fcos_R_18_FPN_FullBN_w2a2_lsq.yaml",
+                         "MODEL.QUANTIZATION.SCOPE", [])
+    assert attach_distillation(build_model(control), control) is None  # the float control
+    cfg.MODEL.QUANTIZATION.DISTILL.WEIGHT = 0.0
+    assert attach_distillation(build_model(cfg), cfg) is None
+    cfg.MODEL.QUANTIZATION.DISTILL.WEIGHT = 1.0
+    cfg.MODEL.WEIGHTS = ""
+    with pytest.raises(ValueError, match="DISTILL.WEIGHT=1.0 needs a teacher"):
+        attach_distillation(build_model(cfg), cfg)

@@ -45,10 +45,13 @@ class _Graph:
         self.graph = graph
         self.inits = {t.name: t for t in graph.initializer}
         self.consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+        self.aliases = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity"}
         self.new_inits = []
         self.used_names = set(self.inits) | {o for n in graph.node for o in n.output}
 
     def array(self, name):
+        while name in self.aliases:  # the exporter replaces duplicate initializers by Identity
+            name = self.aliases[name]
         if name in self.inits:
             return numpy_helper.to_array(self.inits[name])
         node = self.consts[name]

@@ -126,6 +126,7 @@ def export_detector(model, path, part="detector", int4=True, fold_bn=True, int_b
     dynamic.update({n: {0: "batch", 2: f"h_{n}", 3: f"w_{n}"} for n in names})
     proto, layer_outputs = export_module(network, (example,), path, ["images"], names, int4=int4,
                                          log_rows=log, dynamic_axes=dynamic, opset=opset)
+    log = [row for row in log if row[0] in layer_outputs]  # --part backbone: no head rows
     return ExportResult(proto, log, layer_outputs, ["images"], names, network)
 
 
@@ -201,37 +202,58 @@ def evaluate(cfg, model, dataset=None, max_images=None):
 def layer_differences(result: ExportResult, images: torch.Tensor, optimization="all"):
     """Per-layer max |PyTorch - onnxruntime| of every exported layer's output on `images`.
 
-    PyTorch: the export-form model (BN folded, same integer codes and scales). onnxruntime: the
-    same graph with every layer output exposed as a graph output (exposing them can keep
-    onnxruntime from fusing a layer into an integer kernel; the plain graph is checked by AP).
-    Returns rows [layer, calls, max abs diff, max |output|].
+    onnxruntime runs the exported graph with every layer input and output exposed (exposing them
+    can keep onnxruntime from fusing a layer into an integer kernel; the plain graph is checked
+    by AP). Two differences per layer, over all its calls (the head's convs: one per level):
+      * "layer": the PyTorch export-form layer (same integer codes and scales, BN folded) run on
+        onnxruntime's own input of that layer, vs onnxruntime's output: what the runtime's
+        kernels change in one layer;
+      * "accumulated": the whole export-form PyTorch model vs onnxruntime, layer by layer. A
+        last-bit difference of a convolution (another summation order) can flip a rounding of
+        the next quantizer; flipped values propagate, so this grows with depth.
+    Returns rows [layer, calls, layer max diff, accumulated max diff, max |output|].
     """
     import onnx
     from onnx import TensorProto, helper
 
     from .modules import ExportLayer
+    from .onnx_graph import metadata
 
-    captured = {}
-    hooks = [m.register_forward_hook(lambda mod, inp, out: captured.setdefault(mod.name, []).append(out.detach().clone()))
-             for m in result.export_model.modules() if isinstance(m, ExportLayer)]
+    modules, captured = {}, {}
+    for m in result.export_model.modules():
+        if isinstance(m, ExportLayer):
+            modules.setdefault(m.name, []).append(m)
+    hooks = [m.register_forward_hook(
+        lambda mod, inp, out: captured.setdefault(mod.name, []).append(out.detach().clone()))
+        for ms in modules.values() for m in ms]
     try:
         with torch.no_grad():
             result.export_model(images)
     finally:
         for h in hooks:
             h.remove()
+    inputs = metadata(result.proto).get("quant_det.layer_inputs", {})
     proto = onnx.ModelProto()
     proto.CopyFrom(result.proto)
-    existing = {o.name for o in proto.graph.output}
-    names = [n for outs in result.layer_outputs.values() for n in outs if n not in existing]
-    proto.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names)
+    existing = {o.name for o in proto.graph.output} | {i.name for i in proto.graph.input}
+    names = {n for group in (result.layer_outputs, inputs) for outs in group.values() for n in outs}
+    proto.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                              for n in sorted(names - existing))
     sess = session(proto, optimization=optimization)
     wanted = [o.name for o in sess.get_outputs()]
     values = dict(zip(wanted, sess.run(None, {"images": images.numpy()})))
+    values["images"] = images.numpy()
     rows = []
     for layer, outs in result.layer_outputs.items():
-        torch_outs = captured.get(layer, [])
-        diffs = [float(np.abs(values[n] - t.numpy()).max()) for n, t in zip(outs, torch_outs)]
+        torch_outs, layer_modules = captured.get(layer, []), modules.get(layer, [])
+        accumulated = [float(np.abs(values[n] - t.numpy()).max()) for n, t in zip(outs, torch_outs)]
+        own = []
+        with torch.no_grad():
+            for i, (n_in, n_out) in enumerate(zip(inputs.get(layer, []), outs)):
+                module = layer_modules[i % len(layer_modules)]
+                y = module(torch.from_numpy(np.array(values[n_in])))
+                own.append(float(np.abs(values[n_out] - y.numpy()).max()))
         scale = max(float(t.abs().max()) for t in torch_outs) if torch_outs else 0.0
-        rows.append([layer, len(outs), max(diffs) if diffs else float("nan"), scale])
+        rows.append([layer, len(outs), max(own) if own else float("nan"),
+                     max(accumulated) if accumulated else float("nan"), scale])
     return rows

@@ -7,7 +7,7 @@ Placeholders (custom domain "quant_det", removed before the model is saved):
   QWeight(codes, scale){lo, hi, layer, role} -> integer initializer -> DequantizeLinear
   LevelAct(x){thresholds, values, layer}   -> Greater/Where chain (float)
   LevelWeight(w){levels, layer}            -> w (float constant), levels in the Conv's metadata
-  Mark(y){layer}                           -> removed; records the tensor holding a layer's output
+  Mark(y){layer, role}                     -> removed; records the tensor holding a layer's input/output
 
 `ExportLayer` replaces a QuantConv2d/QuantLinear; BatchNorm folding happens at construction
 (see `fold.py` for when it is refused).
@@ -78,17 +78,17 @@ class _LevelWeight(Function):
 
 class _Mark(Function):
     @staticmethod
-    def forward(ctx, x, layer):
+    def forward(ctx, x, layer, role):
         return x.clone()
 
     @staticmethod
-    def symbolic(g, x, layer):
-        return _typed(g.op("quant_det::Mark", x, layer_s=layer), x)
+    def symbolic(g, x, layer, role):
+        return _typed(g.op("quant_det::Mark", x, layer_s=layer, role_s=role), x)
 
 
-def mark(x, layer):
-    """Identity that names `x` as the output of `layer` in the exported graph."""
-    return _Mark.apply(x, layer)
+def mark(x, layer, role="output"):
+    """Identity that names `x` as the input or output of `layer` in the exported graph."""
+    return _Mark.apply(x, layer, role)
 
 
 class ExportLayer(nn.Module):
@@ -178,7 +178,7 @@ class ExportLayer(nn.Module):
         return self.bias_f
 
     def forward(self, x):
-        x = self.quantized_input(x)
+        x = self.quantized_input(mark(x, self.name, "input"))
         w, b = self.weight_tensor(), self.bias_tensor()
         y = F.conv2d(x, w, b, **self.conv_args) if self.is_conv else F.linear(x, w, b)
         if self.bias_add:

@@ -11,8 +11,8 @@ after DequantizeLinear, at the grid's end values (exact; runtimes have no Clip f
 onnxruntime 1.32's Clip-before-Q fusion fails on an INT4 zero point).
 
 The saved model carries metadata: `quant_det.export_log` (JSON rows, one per layer, what each
-became) and `quant_det.layer_outputs` (layer -> names of the tensors holding its outputs, one per
-call, for per-layer comparisons). Nodes made from a layer carry `quant_det.layer` in their
+became) and `quant_det.layer_outputs` / `quant_det.layer_inputs` (layer -> names of the tensors
+holding its outputs / inputs, one per call, for per-layer comparisons). Nodes made from a layer carry `quant_det.layer` in their
 metadata; a Conv/Gemm whose weight is a level set (LQ-Net) carries `quant_det.weight_levels`.
 """
 import io
@@ -84,7 +84,7 @@ def finalize(model, int4=True, log_rows=None, opset=None):
     """Rewrite the placeholders of a traced model in place; return (model, layer_outputs)."""
     graph = model.graph
     g = _Graph(graph)
-    out_nodes, layer_outputs, level_weights = [], {}, {}
+    out_nodes, layer_outputs, layer_inputs, level_weights = [], {}, {}, {}
     renames = {}  # placeholder output -> tensor that replaces it
     converted = {}  # (codes initializer, container) -> new initializer name
     uses_int4 = False
@@ -150,7 +150,9 @@ def finalize(model, int4=True, log_rows=None, opset=None):
                 levels = a["levels"].decode() if isinstance(a["levels"], bytes) else a["levels"]
                 level_weights[dst] = (layer, levels)
             else:
-                layer_outputs.setdefault(layer, []).append(dst if dst in graph_outputs else src)
+                role = a["role"].decode() if isinstance(a["role"], bytes) else a["role"]
+                target = layer_outputs if role == "output" else layer_inputs
+                target.setdefault(layer, []).append(dst if dst in graph_outputs else src)
             if dst in graph_outputs:
                 new.append(helper.make_node("Identity", [src], [dst], name=g.unique(f"{layer}.output")))
             else:
@@ -173,6 +175,7 @@ def finalize(model, int4=True, log_rows=None, opset=None):
                 _meta(node, layer=layer, weight_levels=levels)
             node.input[i] = resolve(name)
     layer_outputs = {k: [resolve(v) for v in vs] for k, vs in layer_outputs.items()}
+    layer_inputs = {k: [resolve(v) for v in vs] for k, vs in layer_inputs.items()}
     # Name each Conv/Gemm after its layer (the node that consumes the layer's weight).
     weight_of = {n.output[0]: next(p.value for p in n.metadata_props if p.key == "quant_det.layer")
                  for n in out_nodes if n.op_type == "DequantizeLinear"
@@ -203,7 +206,8 @@ def finalize(model, int4=True, log_rows=None, opset=None):
             if imp.domain in ("", "ai.onnx"):
                 imp.version = max(imp.version, target)
     model.ir_version = max(model.ir_version, 10)
-    meta = {"quant_det.layer_outputs": json.dumps(layer_outputs)}
+    meta = {"quant_det.layer_outputs": json.dumps(layer_outputs),
+            "quant_det.layer_inputs": json.dumps(layer_inputs)}
     if log_rows is not None:
         meta["quant_det.export_log"] = json.dumps(log_rows)
     for key, value in meta.items():

@@ -30,12 +30,25 @@ DOMAIN = "quant_det"
 TORCHSCRIPT_MAX_OPSET = 20
 
 
+def _numpy_dtype(dtype_name):
+    if dtype_name in ("int4", "uint4"):
+        import ml_dtypes  # installed with onnx; numpy_helper packs its 4-bit arrays two per byte
+
+        return getattr(ml_dtypes, dtype_name)
+    return {"float": np.float32, "int8": np.int8, "uint8": np.uint8, "int32": np.int32}[dtype_name]
+
+
 def _tensor(name, dtype_name, values, dims):
-    """An initializer of ONNX type `dtype_name` ("int4", "float", ...) holding `values`."""
-    if dtype_name == "float":
-        return numpy_helper.from_array(np.asarray(values, dtype=np.float32).reshape(dims), name)
-    vals = np.asarray(values).astype(np.int64).reshape(-1).tolist()
-    return helper.make_tensor(name, ONNX_TYPES[dtype_name], list(dims), vals)
+    """An initializer of ONNX type `dtype_name` ("int4", "float", ...) holding `values`, stored as
+    raw bytes (4-bit values packed two per byte)."""
+    array = np.asarray(values)
+    if dtype_name != "float":
+        lo, hi = RANGES[dtype_name]
+        if array.size and (array.min() < lo or array.max() > hi):
+            raise ValueError(f"{name}: values outside {dtype_name} [{lo}, {hi}]")
+    tensor = numpy_helper.from_array(array.astype(_numpy_dtype(dtype_name)).reshape(dims), name)
+    assert tensor.data_type == (ONNX_TYPES.get(dtype_name) or TensorProto.FLOAT)
+    return tensor
 
 
 class _Graph:

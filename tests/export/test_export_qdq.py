@@ -71,6 +71,8 @@ def test_lsq_qdq_nodes_and_onnxruntime_parity(bits, per_channel):
     assert not any(n.domain == "quant_det" for n in proto.graph.node)
     weight_type = INT8 if bits == 8 else INT4
     assert dq_input_types(proto, "weight_dequantize") == [weight_type, weight_type]
+    stored = {t.name: len(t.raw_data) for t in proto.graph.initializer}
+    assert stored["0.weight_int"] == (216 if bits == 8 else 108)  # 8x3x3x3 codes; INT4 packs two per byte
     axes = [a.i for n in proto.graph.node if n.name.endswith("weight_dequantize")
             for a in n.attribute if a.name == "axis"]
     assert axes == ([0, 0] if per_channel else [])

@@ -97,6 +97,8 @@ def graph_summary(onnx_path, threads):
             why = "output is a graph output (head predictor: no output quantizer)"
         elif any(u.op_type != "QuantizeLinear" for u in users):
             why = "output not quantized: feeds " + "/".join(sorted({u.op_type for u in users}))
+        elif len(users) > 1:
+            why = "output feeds several QuantizeLinear (different scales; fusion needs one)"
         else:
             why = "other"
         reasons[why] = reasons.get(why, 0) + 1

@@ -92,6 +92,15 @@ def main(argv=None):
             f"{report['export_seconds']} s)",
             "- nodes: " + ", ".join(f"{k} {v}" for k, v in sorted(report["nodes"].items())), "",
             "## Per-layer export log", "", tabulate(result.log, headers=LOG_COLUMNS, tablefmt="pipe"), ""]
+    not_qdq = [r[0] for r in result.log if "NOT QDQ" in r[2] + r[3]]
+    bn_kept = [r[0] for r in result.log if r[4].startswith("kept")]
+    floats = [r[0] for r in result.log if r[2] == "float" or r[3] == "float"]
+    text += [f"- {len(result.log)} layers; not QDQ (level sets): {len(not_qdq)}"
+             + (f" ({', '.join(not_qdq)})" if not_qdq else ""),
+             f"- float input or weight (outside SCOPE / SKIP / 32-bit POLICY): {len(floats)}"
+             + (f" ({', '.join(floats)})" if floats else ""),
+             f"- BatchNorm kept: {len(bn_kept)}" + (f" ({', '.join(bn_kept)})" if bn_kept else ""), ""]
+    report["summary"] = {"not_qdq": not_qdq, "float": floats, "bn_kept": bn_kept}
     rows = layer_differences(result, images)
     report["layer_max_abs_diff"] = {r[0]: {"layer": r[2], "accumulated": r[3], "max_abs_output": r[4]}
                                     for r in rows}

@@ -20,7 +20,7 @@ $(STAMP): setup.py third_party/detectron2/build_wheel.py
 		$(PY) -m pip install $(TORCH_PINS) "setuptools>=77.0.3,<81" wheel
 	@$(PY) -c "import setuptools, wheel" 2>/dev/null || $(PY) -m pip install "setuptools>=77.0.3,<81" wheel
 	$(PY) third_party/detectron2/build_wheel.py --install
-	$(PY) -m pip install --no-build-isolation -e ".[test]"
+	$(PY) -m pip install --no-build-isolation -e ".[test,export]"
 	@touch $@
 
 demo: install
@@ -32,6 +32,7 @@ test: install
 bench: install
 	$(PY) benchmarks/bench_quantizers.py
 	$(PY) benchmarks/bench_qat_step.py
+	$(PY) benchmarks/bench_onnx_speed.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -20,5 +20,10 @@ setup(
         "tabulate",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={
+        "test": ["pytest>=7"],
+        # ONNX export with QuantizeLinear/DequantizeLinear (INT4 needs opset 21) and its checks in
+        # onnxruntime: tools/export_onnx.py, benchmarks/bench_onnx_speed.py. Training never imports them.
+        "export": ["onnx>=1.16", "onnxruntime>=1.20"],
+    },
 )

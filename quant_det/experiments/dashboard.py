@@ -27,7 +27,7 @@ RUN_FILE = "run.json"
 REQUIRED = ("config", "command", "git_commit", "seed", "metrics", "status")
 README_BEGIN, README_END = "<!-- dashboard:begin -->", "<!-- dashboard:end -->"
 MAIN_COLUMNS = ["Dataset", "Task Method", "Quantization method", "Model", "A/W", "Reported", "AP",
-                "Δ parent", "Δ control", "Comment", "AP50", "AP75", "Run", "Command"]
+                "Δ parent", "Δ control", "Comment", "AP50", "AP75", "Size MB", "GBOPs", "Run", "Command"]
 REPORTED_COLUMNS = MAIN_COLUMNS[:7] + ["Comment"]
 FP32_BITS = 32
 
@@ -169,8 +169,24 @@ def main_rows(records):
                      meta.get("model", "?"), meta.get("bits", "?"), "no", f"{bbox['AP']:.1f}",
                      _signed(ap_delta(run, by_id, "parent")), _signed(ap_delta(run, by_id, "control")),
                      comment, f"{bbox.get('AP50', float('nan')):.1f}",
-                     f"{bbox.get('AP75', float('nan')):.1f}", _run_id(run), f"`{run['command']}`"])
+                     f"{bbox.get('AP75', float('nan')):.1f}", *model_cost(run), _run_id(run),
+                     f"`{run['command']}`"])
     return rows
+
+
+def model_cost(run):
+    """[size MB, GBOPs] of the model the run's config.yaml builds (quant_det.export.report:
+    weights at their trained bits, BOPs = MACs x W bits x A bits per test-size image); ["-", "-"]
+    for a config that builds no RetinaNet/FCOS."""
+    path = os.path.join(os.path.dirname(run["path"]), "config.yaml")
+    with open(path) as f:
+        arch = (yaml.safe_load(f).get("MODEL") or {}).get("META_ARCHITECTURE")
+    if arch not in ("RetinaNet", "FCOS"):
+        return ["-", "-"]
+    from ..export.report import config_cost
+
+    size_mb, gbops = config_cost(path)
+    return [f"{size_mb:.2f}", f"{gbops:.1f}"]
 
 
 def _run_id(run):

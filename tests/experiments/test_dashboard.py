@@ -39,9 +39,10 @@ def test_main_rows_exact_and_sorted_by_bits_descending(two_runs):
     rows = dashboard.main_rows(dashboard.collect_runs([str(two_runs)]))
     assert rows == [
         ["digits_det_val", "FCOS", "FP32", "R-18", "32/32", "no", "45.3", "", "", "Full-BN", "75.0", "48.2",
-         "runs/fcos_fp32", "`python tools/train_net.py --config-file fcos_fp32.yaml`"],
+         "-", "-", "runs/fcos_fp32", "`python tools/train_net.py --config-file fcos_fp32.yaml`"],
         ["digits_det_val", "FCOS", "LSQ", "R-18", "4/4", "no", "41.3", "", "", "Full-BN, Quantize-All",
-         "70.0", "44.0", "runs/fcos_w4a4", "`python tools/train_net.py --config-file fcos_w4a4.yaml`"],
+         "70.0", "44.0", "-", "-", "runs/fcos_w4a4",
+         "`python tools/train_net.py --config-file fcos_w4a4.yaml`"],
     ]
 
 
@@ -61,7 +62,7 @@ def test_dashboard_file_has_header_tables_and_plot(two_runs, tmp_path):
     assert "- Machine: 2-core test box" in text
     assert "total wall time 1.00 h" in text  # 2 x 1800 s
     assert ("| digits_det_val | FCOS | LSQ | R-18 | 4/4 | no | 41.3 |  |  | Full-BN, Quantize-All | 70.0 "
-            "| 44.0 | runs/fcos_w4a4 | `python tools/train_net.py --config-file fcos_w4a4.yaml` |") in text
+            "| 44.0 | - | - | runs/fcos_w4a4 | `python tools/train_net.py --config-file fcos_w4a4.yaml` |") in text
     assert "## Reported by the original project (not reproduced here)" in text
     assert "| COCO | FCOS | - | Torch-18 | 4/4 | - | 35.2 | 1x,FPN-BN, Quantize-All, double-init |" in text
     assert "![AP vs bit width](plots/ap.png)" in text
@@ -160,7 +161,7 @@ def test_differences_to_parent_and_control_and_superseded_rows(tmp_path):
               51.0, 69.0, 52.0, init_from="clf", extra_from="parent")
     write_run(old, "w2a2_old", {"task": "FCOS", "quant": "LSQ", "bits": "2/2"}, 20.0, 30.0, 10.0)
     records = dashboard.collect_runs([str(new), str(old)])
-    rows = {row[12]: row for row in dashboard.main_rows(records)}
+    rows = {row[14]: row for row in dashboard.main_rows(records)}
     assert rows["lowbit/w2a2"][6:9] == ["49.0", "-1.0", "-4.2"]
     assert rows["lowbit/w2a2_qb"][6:9] == ["51.0", "+1.0", "-2.2"]  # parent = extra_from
     assert rows["lowbit/ctrl"][6:9] == ["53.2", "+3.2", ""]

@@ -20,5 +20,11 @@ setup(
         "tabulate",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    package_data={"quant_det.quantizers": ["*.c"]},  # the LQ-Net kernel, built on first use
+    extras_require={
+        "test": ["pytest>=7"],
+        # peer QAT libraries for benchmarks/bench_peers.py (each optional there); install with
+        # `pip install -e .[bench] -c constraints` to keep your torch/torchvision/numpy
+        "bench": ["torchao>=0.18", "brevitas>=0.13", "nncf>=3.4"],
+    },
 )

@@ -354,7 +354,8 @@ def render(data):
     cfg = data["config"]
     lines = [f"`{data['command']}`: {machine_line(data['machine'])}. Batch {cfg['images']}x3x{cfg['size']}x"
              f"{cfg['size']}, SGD, median of {cfg['steps']} FP32/QAT step pairs after {cfg['warmup']} warm-up, "
-             f"each row in its own process with its own FP32 reference. FP32 step: {'; '.join(fp32)}.",
+             f"{'one process per model' if cfg.get('tiny') else 'each row in its own process'}, each row with "
+             f"its own FP32 reference. FP32 step: {'; '.join(fp32)}.",
              "", markdown_table(header, rows), "", target_line(results)]
     return "\n".join(lines)
 
@@ -383,6 +384,7 @@ def main(argv=None):
     if args.tiny:
         args.steps, args.warmup, args.images, args.size = 1, 1, 2, 64
     info = machine(args.note)
+    info["threads"] = args.threads  # what the measuring processes use
     results = {}
     for key in args.models:
         rows = [r for r in args.rows if available(r, args.missing)]
@@ -393,7 +395,7 @@ def main(argv=None):
             results[key].update(run_child(args, key, group))
     command = "python benchmarks/bench_peers.py" + (" --tiny" if args.tiny else "")
     data = {"machine": info, "command": command, "rows": args.rows, "results": results,
-            "config": {"steps": args.steps, "warmup": args.warmup, "threads": args.threads,
+            "config": {"steps": args.steps, "warmup": args.warmup, "threads": args.threads, "tiny": args.tiny,
                        "images": args.images, "size": args.size, "models": args.models}}
     data["markdown"] = render(data)
     path = args.json or os.path.join(RESULTS, "peers_tiny.json" if args.tiny else "peers.json")

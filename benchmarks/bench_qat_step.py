@@ -232,6 +232,7 @@ def main(argv=None):
     if "FP32" not in args.variants:
         args.variants = ["FP32"] + args.variants
     info = machine(args.note)
+    info["threads"] = args.threads  # what the measuring processes use
     results = measure(args)
     command = "python benchmarks/bench_qat_step.py" + (" --tiny" if args.tiny else "")
     data = {"machine": info, "command": command, "variants": args.variants, "results": results,

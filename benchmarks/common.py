@@ -63,7 +63,7 @@ def machine(note=""):
 def machine_line(info):
     """One markdown line: date, CPU, threads, torch, load, note."""
     load = info.get("load_average_at_start")
-    text = (f"{info['date']}, {info['cpu']} ({info['cores']} cores, {info['threads']} threads used), "
+    text = (f"{info['date']}, {info['cpu']} ({info['cores']} cores, {info['threads']} thread{'s' if info['threads'] != 1 else ''} used), "
             f"torch {info['torch']}")
     if load:
         text += f", load average {load[0]:.1f} at the start"

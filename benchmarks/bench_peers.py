@@ -316,6 +316,19 @@ def run_child(args, model_key, rows):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def versions():
+    """Installed version of each row's package (torch for the torch.ao rows)."""
+    import importlib.metadata as md
+
+    out = {}
+    for row, module in ROWS.items():
+        try:
+            out[row] = md.version(module)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
 def target_line(results):
     notes = []
     met = True
@@ -341,7 +354,8 @@ def render(data):
     header = ["QAT implementation (W4A4 per tensor)"] + [f"{MODELS[m]}: step / FP32, CPU (wall)" for m in models]
     rows = []
     for row in data["rows"]:
-        cells = [row]
+        version = data.get("versions", {}).get(row)
+        cells = [f"{row} ({ROWS[row]} {version})" if version and row != OURS else row]
         for m in models:
             r = results[m].get(row, {"skipped": "not run"})
             cells.append(f"skipped: {r['skipped']}" if "skipped" in r else f"{r['cpu_ratio']:.2f}x ({r['wall_ratio']:.2f}x)")
@@ -395,6 +409,7 @@ def main(argv=None):
             results[key].update(run_child(args, key, group))
     command = "python benchmarks/bench_peers.py" + (" --tiny" if args.tiny else "")
     data = {"machine": info, "command": command, "rows": args.rows, "results": results,
+            "versions": {r: v for r, v in versions().items() if available(r, args.missing)},
             "config": {"steps": args.steps, "warmup": args.warmup, "threads": args.threads, "tiny": args.tiny,
                        "images": args.images, "size": args.size, "models": args.models}}
     data["markdown"] = render(data)

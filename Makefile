@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.quant_det-installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-fast bench clean-venv
+.PHONY: install demo test test-fast bench bench-peers clean-venv
 
 install: $(STAMP)
 
@@ -29,10 +29,18 @@ demo: install
 test: install
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q -x --durations=15
 
+# The peers (torchao, brevitas, NNCF) are optional: `make bench-peers` installs them without
+# touching torch/torchvision/numpy (pip constraints from the venv's current versions).
 bench: install
 	$(PY) benchmarks/bench_quantizers.py
 	$(PY) benchmarks/bench_qat_step.py
 	$(PY) benchmarks/bench_onnx_speed.py
+	$(PY) benchmarks/bench_peers.py
+
+bench-peers: install
+	$(PY) -m pip freeze | grep -iE '^(torch|torchvision|numpy)==' > $(VENV)/bench-constraints.txt
+	$(PY) -m pip install --no-build-isolation -e ".[test,export,bench]" -c $(VENV)/bench-constraints.txt
+	NNCF_EXTENSION_LOAD_TIMEOUT=0 $(PY) benchmarks/bench_peers.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -20,10 +20,14 @@ setup(
         "tabulate",
         "matplotlib",
     ],
+    package_data={"quant_det.quantizers": ["*.c"]},  # the LQ-Net kernel, built on first use
     extras_require={
         "test": ["pytest>=7"],
         # ONNX export with QuantizeLinear/DequantizeLinear (INT4 needs opset 21) and its checks in
         # onnxruntime: tools/export_onnx.py, benchmarks/bench_onnx_speed.py. Training never imports them.
         "export": ["onnx>=1.16", "onnxruntime>=1.20"],
+        # peer QAT libraries for benchmarks/bench_peers.py (each optional there); install with
+        # `pip install -e .[bench] -c constraints` to keep your torch/torchvision/numpy
+        "bench": ["torchao>=0.18", "brevitas>=0.13", "nncf>=3.4"],
     },
 )

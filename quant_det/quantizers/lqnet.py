@@ -4,6 +4,9 @@ Highly Accurate and Compact Deep Neural Networks", arXiv:1807.10029).
     levels   q_l = <v, b_l>,  v in R^K (the basis, K = bits), codes b_l in {-1,+1}^K (weights) or
              {0,1}^K (activations); ternary weights (levels=3): K = 1, b_l in {-1, 0, +1}
     encode   x -> the nearest level (thresholds at midpoints of the sorted levels)     (eq. 6)
+             (training/eval forward on float32 CPU tensors: one pass of the C kernel in
+             lqnet_kernel.c, built on first use; otherwise torch.searchsorted + gather; the two
+             give the same numbers, see tests/quantizers/test_lqnet_pinned.py)
     backward straight-through: dx_q/dx = 1 (weights), 1 on min(q) < x < max(q) (activations)
     QEM fit  v* = (B^T B)^-1 B^T x, B = codes of the encoded x                         (eq. 8)
              (computed from per-level counts n_l and sums S_l: B^T B = sum n_l b_l b_l^T,
@@ -22,11 +25,14 @@ import math
 
 import torch
 
+from .native import library, lqnet_encode
 from .registry import LearnedRangeQuantizer, invalid, register_quantizer
 from .ste import replace_ste
 
 _SAMPLES = 1 << 16
 _MOMENTUM = 0.9
+_NATIVE_MAX_LEVELS = 32  # the kernel's select chain is O(levels); searchsorted is O(log levels)
+USE_NATIVE = True  # False: always the torch path (tests compare the two)
 
 
 def make_codes(role, levels, bits):
@@ -48,24 +54,61 @@ def encode(flat, basis, codes):
     return index, values, codes[order]
 
 
-def fit_basis(flat, basis, codes, index, sorted_codes):
-    """Least-squares basis v* = (B^T B + r I)^-1 (B^T x + r v) for the encoding `index` (per row)."""
-    rows, num_levels = index.shape[0], codes.shape[0]
+def level_stats(flat, index, num_levels):
+    """Per-row (count [O, L] int64, sum [O, L] float64) of `flat` [O, M] over the level `index`."""
+    rows = index.shape[0]
     offset = index + torch.arange(rows, device=index.device)[:, None] * num_levels
     count = torch.bincount(offset.reshape(-1), minlength=rows * num_levels).view(rows, num_levels)
     total = torch.bincount(offset.reshape(-1), flat.reshape(-1).double(), minlength=rows * num_levels)
+    return count, total.view(rows, num_levels)
+
+
+def solve_basis(count, total, basis, sorted_codes):
+    """v* = (B^T B + r I)^-1 (B^T x + r v) from the per-level counts n_l and sums S_l (per row)."""
     c = sorted_codes.double()
     gram = torch.einsum("ol,olk,olj->okj", count.double(), c, c)
-    rhs = torch.einsum("ol,olk->ok", total.view(rows, num_levels), c)
+    rhs = torch.einsum("ol,olk->ok", total, c)
     ridge = 1e-6 * (gram.diagonal(dim1=1, dim2=2).mean(1) + 1.0)
-    gram = gram + ridge[:, None, None] * torch.eye(codes.shape[1], dtype=gram.dtype, device=gram.device)
+    gram = gram + ridge[:, None, None] * torch.eye(c.shape[2], dtype=gram.dtype, device=gram.device)
     rhs = rhs + ridge[:, None] * basis.double()
     return torch.linalg.solve(gram, rhs).to(basis.dtype)
 
 
+def fit_basis(flat, basis, codes, index, sorted_codes):
+    """Least-squares basis v* = (B^T B + r I)^-1 (B^T x + r v) for the encoding `index` (per row)."""
+    return solve_basis(*level_stats(flat, index, codes.shape[0]), basis, sorted_codes)
+
+
+def sample_stride(columns, limit=_SAMPLES):
+    """k of `strided`: M // limit when M > limit, else 1."""
+    return columns // limit if columns > limit else 1
+
+
 def strided(t, limit=_SAMPLES):
     """Every k-th column of `t` [O, M], k = M // limit, so fewer than 2 * limit columns remain."""
-    return t[:, :: t.shape[1] // limit] if t.shape[1] > limit else t
+    return t[:, :: sample_stride(t.shape[1], limit)]
+
+
+def native_available():
+    """True when the C encoding kernel is built and loaded on this machine."""
+    return library() is not None
+
+
+def nearest_levels(flat, values, stride=0):
+    """Nearest of the sorted `values` [O, L] for every element of `flat` [O, M].
+
+    Returns (q [O, M], stats): with stride > 0, stats = `level_stats` of the columns ::stride (the
+    QEM sample), else None. Same numbers on both paths (C kernel, or searchsorted + gather).
+    """
+    thresholds = (values[:, 1:] + values[:, :-1]) / 2
+    if (USE_NATIVE and flat.device.type == "cpu" and flat.dtype == torch.float32 == values.dtype
+            and values.shape[1] <= _NATIVE_MAX_LEVELS and library() is not None):
+        return lqnet_encode(flat, thresholds, values, stride)
+    index = torch.searchsorted(thresholds.contiguous(), flat.contiguous())
+    q = torch.gather(values, 1, index)
+    if stride == 0:
+        return q, None
+    return q, level_stats(flat[:, ::stride], index[:, ::stride], values.shape[1])
 
 
 def qem(flat, basis, codes, iterations):
@@ -117,14 +160,16 @@ class LQNetQuantizer(LearnedRangeQuantizer):
 
     def quantize(self, x):
         self.check_channels(x)
-        flat = self.rows(x.detach())
+        flat = self.rows(x.detach()).to(self.basis.dtype)
         basis = self.basis.view(-1, self.codes.shape[1])
-        index, values, sorted_codes = encode(flat.to(basis.dtype), basis, self.codes)
-        q = torch.gather(values, 1, index).view_as(x).to(x.dtype)
-        if self.training and not self.calibrating:
+        values, order = (basis @ self.codes.t()).sort(dim=1)
+        fit = self.training and not self.calibrating
+        stride = (1 if self.per_channel else sample_stride(flat.shape[1])) if fit else 0
+        q, stats = nearest_levels(flat, values, stride)
+        q = q.view_as(x).to(x.dtype)
+        if fit:
             with torch.no_grad():
-                sample, sample_index = (flat, index) if self.per_channel else (strided(flat), strided(index))
-                fitted = fit_basis(sample.to(basis.dtype), basis, self.codes, sample_index, sorted_codes)
+                fitted = solve_basis(*stats, basis, self.codes[order])
                 self.basis.lerp_(fitted.view_as(self.basis), 1 - _MOMENTUM)
         if self.role == "weight":
             return replace_ste(x, q)

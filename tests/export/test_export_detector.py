@@ -48,7 +48,9 @@ def assert_layers_match(result, x):
 
 @pytest.fixture(scope="module")
 def fcos():
-    return calibrated(FCOS_W4A4, "MODEL.FCOS.SCORE_THRESH_TEST", 0.0, "MODEL.FCOS.TOPK_CANDIDATES_TEST", 50)
+    # every conv quantized (the configs keep the predictors float by default): one QDQ per Conv
+    return calibrated(FCOS_W4A4, "MODEL.FCOS.SCORE_THRESH_TEST", 0.0, "MODEL.FCOS.TOPK_CANDIDATES_TEST", 50,
+                      "MODEL.QUANTIZATION.SKIP_PREDICTORS", False)
 
 
 def images(n=2, seed=1):
@@ -127,7 +129,7 @@ def test_export_cli_writes_onnx_log_and_ap_comparison(fcos, tmp_path, tiny_digit
     spec.loader.exec_module(tool)
     code = tool.main(["--config-file", FCOS_W4A4, "--weights", weights, "--output", out, "--check-ap",
                       "--max-images", "3", "MODEL.FCOS.SCORE_THRESH_TEST", "0.0",
-                      "MODEL.FCOS.TOPK_CANDIDATES_TEST", "50"])
+                      "MODEL.FCOS.TOPK_CANDIDATES_TEST", "50", "MODEL.QUANTIZATION.SKIP_PREDICTORS", "False"])
     stdout = capsys.readouterr().out
     assert "## Per-layer export log" in stdout and "delta AP (onnxruntime - PyTorch)" in stdout
     report = json.load(open(out.replace(".onnx", ".export.json")))

@@ -23,6 +23,8 @@ from fvcore.common.checkpoint import _strip_prefix_if_present
 from tabulate import tabulate
 from torch import nn
 
+from .quantizer_identity import resolve_quantizer_mismatches
+
 logger = logging.getLogger(__name__)
 
 
@@ -37,7 +39,7 @@ def read_checkpoint_file(path: str, loader: Optional[Callable[[str], Any]] = Non
         raise ValueError("checkpoint path is empty")
     local = path if os.path.isfile(path) else PathManager.get_local_path(path)
     if not os.path.isfile(local):
-        raise FileNotFoundError(f"checkpoint file {path!r} not found")
+        raise not_a_checkpoint_file(path)
     if os.path.getsize(local) == 0:
         raise ValueError(f"checkpoint file {path!r} is empty (0 bytes)")
     if loader is None:
@@ -59,6 +61,21 @@ def read_checkpoint_file(path: str, loader: Optional[Callable[[str], Any]] = Non
                 f"state dict is a {type(value).__name__}, not a tensor"
             )
     return data
+
+
+def not_a_checkpoint_file(path: str, key: str = "checkpoint file") -> Exception:
+    """The error for a `path` that is not a file: FileNotFoundError, or ValueError for a directory
+    (naming the checkpoint inside it that was probably meant)."""
+    if not os.path.isdir(path):
+        return FileNotFoundError(f"{key} {path!r} not found")
+    last = os.path.join(path, "last_checkpoint")
+    if os.path.isfile(last):
+        with open(last) as f:
+            hint = f"its last checkpoint is {os.path.join(path, f.read().strip())!r}"
+    else:
+        files = sorted(n for n in os.listdir(path) if n.endswith((".pth", ".pkl")))
+        hint = f"it holds {', '.join(files[:4])}" if files else "it holds no .pth/.pkl file"
+    return ValueError(f"{key} {path!r} is a directory, not a checkpoint file; {hint}")
 
 
 def _state_dict_for(model: nn.Module, data: Dict[str, Any]) -> Dict[str, torch.Tensor]:
@@ -108,13 +125,14 @@ class DoubleInitReport:
 
 
 def load_double_init(model: nn.Module, weights: str, weight_extra: str,
-                     drop_mismatch: bool = False) -> DoubleInitReport:
+                     drop_mismatch: bool = False, reinit_mismatched: bool = False) -> DoubleInitReport:
     """Load `weight_extra` into `model`, then `weights` on top (its keys win); return the report.
 
     `weights` may be "" (only the extra file is loaded). Both files are read and checked before
     the model is touched, so an error leaves the model unchanged. Raises FileNotFoundError or
     ValueError naming the file, and ValueError naming key and both shapes on a shape mismatch
-    unless `drop_mismatch` (the key is then skipped and reported).
+    unless `drop_mismatch` (the key is then skipped and reported). Quantizers saved with another
+    config are an error unless `reinit_mismatched` (see quantizer_identity.py).
     """
     if not weight_extra:
         raise ValueError("load_double_init needs weight_extra (MODEL.WEIGHT_EXTRA); got ''")
@@ -125,6 +143,7 @@ def load_double_init(model: nn.Module, weights: str, weight_extra: str,
     merged: Dict[str, torch.Tensor] = {}
     for path in [weight_extra] + ([weights] if weights else []):
         state = _state_dict_for(model, read_checkpoint_file(path))
+        state = resolve_quantizer_mismatches(model_state, state, path, reinit=reinit_mismatched)
         for key, value in state.items():
             if key not in model_state:
                 report.unexpected.setdefault(path, []).append(key)

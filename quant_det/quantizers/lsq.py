@@ -96,6 +96,9 @@ class LSQQuantizer(LearnedRangeQuantizer):
         self.register_buffer("signed", torch.tensor(int(role == "weight"), dtype=torch.uint8))
         self._signed = role == "weight"
 
+    def signedness(self):
+        return "signed" if self.role == "weight" else "from data"
+
     def bounds(self):
         """(Qn, Qp) for the current grid."""
         return signed_bounds(self.levels) if self._signed else (0, self.levels - 1)

@@ -95,6 +95,11 @@ def add_quantization_config(cfg):
     q.MODE = "qat"
     # Number of training batches used by MODE "calibrate".
     q.CALIB_ITERS = 100
+    # Checkpoints record each quantizer's method, bits, levels, signedness and per-channel; loading
+    # MODEL.WEIGHTS / WEIGHT_EXTRA whose quantizers differ from this config is an error. If True,
+    # those quantizers are not loaded but initialize from data instead (one log line per layer).
+    # Never when resuming. False | True.
+    q.REINIT_MISMATCHED = False
     q.WEIGHT = CN()
     # One of WEIGHT_METHODS: "none" | "dorefa" | "lsq" | "lqnet" | "xnor" (binary) | "ternary".
     q.WEIGHT.METHOD = "none"

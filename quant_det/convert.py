@@ -6,7 +6,8 @@ Which layers, and at which precision, is decided by MODEL.QUANTIZATION (see conf
   * SKIP regexes (re.fullmatch on the name) keep a candidate full precision, and so does
     SKIP_PREDICTORS for the dense heads' prediction convs (`PREDICTOR_NAMES`);
   * the first POLICY entry [regex, weight_bits, act_bits] whose regex fullmatches the name sets its
-    bit widths (32 = that side stays float); otherwise WEIGHT.BITS / ACT.BITS apply.
+    bit widths (32 = that side stays float); otherwise WEIGHT.BITS / ACT.BITS apply;
+  * every SKIP and POLICY entry must match a candidate (policy_check.py): a typo is an error.
 One table logs every Conv2d/Linear of the model: what it became, or why it stayed float.
 """
 import logging
@@ -19,6 +20,7 @@ from torch import nn
 
 from .config import ACT_METHODS, LSQ_INITS, MODES, WEIGHT_METHODS
 from .layers import QuantConv2d, QuantLinear
+from .policy_check import check_entries_match
 from .quantizers import build_quantizer
 
 logger = logging.getLogger(__name__)
@@ -216,6 +218,8 @@ def quantize_model(model: nn.Module, spec: QuantizationSpec) -> List[Tuple[str, 
             top = sorted({n.split(".")[0] for n in names if n})
             raise KeyError(f"{KEY}.SCOPE[{i}]={s!r} names no module of the model; "
                            f"top-level modules are: {', '.join(top)}")
+    check_entries_match(spec, [n for n, m in model.named_modules()
+                               if isinstance(m, (nn.Conv2d, nn.Linear)) and _in_scope(n, spec.scope)])
     skips = [re.compile(p) for p in spec.skip]
     rows = []
     for name, module in list(model.named_modules()):

@@ -13,13 +13,26 @@ import time
 from quant_det.data import build_digits_det, digits_det_root
 
 
+def int_at_least(low):
+    """argparse type: an int >= `low` (argparse then names the option in its error)."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an int") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is not allowed: an int >= {low}")
+        return value
+    return parse
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=None,
                         help="output directory (default: $QUANT_DET_DATASETS/digits_det or datasets/digits_det)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the digit pools and the images")
-    parser.add_argument("--num-train", type=int, default=2000, help="number of train images")
-    parser.add_argument("--num-val", type=int, default=300, help="number of val images")
+    parser.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the digit pools and the images (>= 0)")
+    parser.add_argument("--num-train", type=int_at_least(1), default=2000, help="number of train images")
+    parser.add_argument("--num-val", type=int_at_least(1), default=300, help="number of val images")
     args = parser.parse_args()
     out = digits_det_root(args.out)
     start = time.perf_counter()

@@ -8,8 +8,9 @@
   or a `last_checkpoint` pointing at one.
 - loading a missing, empty, truncated or foreign file raises an error naming the file, and so
   does a file that does not fit the model (see `check_compatible`): no shared key (another
-  architecture), a shape mismatch (unless `drop_mismatch`), quantizer state of another
-  MODEL.QUANTIZATION, or, when resuming, any missing/unexpected key.
+  architecture), a shape mismatch (unless `drop_mismatch`), quantizers saved with another
+  MODEL.QUANTIZATION (unless `reinit_mismatched`, then they initialize from data; see
+  quantizer_identity.py), or, when resuming, any missing/unexpected key.
 
 Example:
     checkpointer = QuantDetCheckpointer(model, cfg.OUTPUT_DIR, weight_extra=cfg.MODEL.WEIGHT_EXTRA,
@@ -26,7 +27,8 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from .double_init import DoubleInitReport, load_double_init
-from .io import read_checkpoint, strip_module_prefix
+from .io import not_a_checkpoint_file, read_checkpoint, strip_module_prefix
+from .quantizer_identity import is_identity_key, resolve_quantizer_mismatches
 
 # State-dict keys of the quantizer submodules of QuantConv2d/QuantLinear.
 QUANTIZER_KEY = re.compile(r"(^|.*\.)(weight|input)_quantizer\.[^.]+$")
@@ -43,12 +45,16 @@ def _listed(keys, limit=8):
 
 
 def check_compatible(model_state: Dict[str, Any], file_state: Dict[str, Any], path: str, *,
-                     strict: bool = False, drop_mismatch: bool = False) -> None:
-    """Raise ValueError naming `path` and the keys if the file's state dict does not fit the model.
+                     strict: bool = False, drop_mismatch: bool = False,
+                     reinit: bool = False) -> Dict[str, Any]:
+    """Raise ValueError naming `path` and the keys if the file's state dict does not fit the model;
+    return the state dict to load (`module.` stripped; without re-initialized quantizers).
 
-    Always an error: no key in common (a checkpoint of another architecture); quantizer keys in
-    the file (it was saved from a quantized model) that differ, layer by layer, from the model's
-    (another MODEL.QUANTIZATION: method, or a SCOPE quantizing layers the model keeps float).
+    Always an error: no key in common (a checkpoint of another architecture); quantizers recorded
+    with another identity than the model's (another MODEL.QUANTIZATION: method, bits, levels,
+    signedness, per-channel, or a layer the model keeps float), unless `reinit` and not `strict`
+    (see quantizer_identity.py); quantizer keys in the file that differ, layer by layer, from the
+    model's (files that record no identity).
     The model may quantize more layers than the file: e.g. a low-bit backbone initializing a
     Quantize-All detector; those layers' quantizers initialize from data. A shape mismatch is an error unless
     `drop_mismatch` (then detectron2 skips those keys with a warning). With `strict` (resuming
@@ -63,8 +69,12 @@ def check_compatible(model_state: Dict[str, Any], file_state: Dict[str, Any], pa
         raise ValueError(f"checkpoint file {path!r} shares no key with the model (another "
                          f"architecture?): file keys {_listed(file_keys, 4)}; model keys "
                          f"{_listed(model_keys, 4)}")
-    file_q = {k for k in file_keys if QUANTIZER_KEY.match(k)}
-    model_q = {k for k in model_keys if QUANTIZER_KEY.match(k)}
+    file_state = resolve_quantizer_mismatches(model_state, file_state, path, strict=strict, reinit=reinit)
+    file_keys = set(file_state)
+    common = file_keys & model_keys
+    # Identities were compared above; a file saved before they were recorded has none.
+    file_q = {k for k in file_keys if QUANTIZER_KEY.match(k) and not is_identity_key(k)}
+    model_q = {k for k in model_keys if QUANTIZER_KEY.match(k) and not is_identity_key(k)}
     # Compared per quantized layer of the file: a low-bit backbone file may initialize a model that
     # also quantizes its FPN and head (Quantize-All double init); those quantizers start from data.
     file_layers = {_quantized_layer(k) for k in file_q}
@@ -83,10 +93,23 @@ def check_compatible(model_state: Dict[str, Any], file_state: Dict[str, Any], pa
         hint = "" if strict else " (set MODEL.WEIGHT_EXTRA_DROP_MISMATCH True to skip such keys)"
         raise ValueError(f"checkpoint file {path!r} does not fit the model: {len(shapes)} key(s) "
                          f"differ in shape: {listed}{hint}")
-    if strict and (model_keys - file_keys or file_keys - model_keys):
+    missing = {k for k in model_keys - file_keys if not is_identity_key(k)}
+    if strict and (missing or file_keys - model_keys):
         raise ValueError(
             f"checkpoint file {path!r} cannot resume this model (different config?): missing "
-            f"{_listed(model_keys - file_keys) or '-'}; unexpected {_listed(file_keys - model_keys) or '-'}")
+            f"{_listed(missing) or '-'}; unexpected {_listed(file_keys - model_keys) or '-'}")
+    return file_state
+
+
+def _update_in_place(state: Dict[str, Any], resolved: Dict[str, Any]) -> None:
+    """Make `state` (keys maybe `module.`-prefixed; torch's `_metadata` kept) hold exactly the
+    entries of `resolved` (check_compatible's result, prefix stripped)."""
+    for key in list(state):
+        name = key[len("module."):] if key.startswith("module.") else key
+        if name in resolved:
+            state[key] = resolved[name]
+        else:
+            del state[key]
 
 
 def _fsync_dir(directory: str) -> None:
@@ -132,10 +155,11 @@ class QuantDetCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer with MODEL.WEIGHT_EXTRA double initialization and atomic saves."""
 
     def __init__(self, model, save_dir: str = "", *, weight_extra: str = "",
-                 drop_mismatch: bool = False, **checkpointables):
+                 drop_mismatch: bool = False, reinit_mismatched: bool = False, **checkpointables):
         super().__init__(model, save_dir, **checkpointables)
         self.weight_extra = weight_extra
         self.drop_mismatch = drop_mismatch
+        self.reinit_mismatched = reinit_mismatched
         self.double_init_report: Optional[DoubleInitReport] = None
         self._strict = False  # resuming: the file must fit the model exactly
         self._loading = ""
@@ -155,8 +179,8 @@ class QuantDetCheckpointer(DetectionCheckpointer):
                 self._strict = False
         if self.weight_extra:
             self.double_init_report = load_double_init(
-                self.model, path, self.weight_extra, drop_mismatch=self.drop_mismatch
-            )
+                self.model, path, self.weight_extra, drop_mismatch=self.drop_mismatch,
+                reinit_mismatched=self.reinit_mismatched)
             return {}
         return self.load(path, checkpointables=[])
 
@@ -182,9 +206,9 @@ class QuantDetCheckpointer(DetectionCheckpointer):
                      lambda f: f.write(last_filename_basename.encode("utf-8")))
 
     def load(self, path: str, checkpointables=None) -> Dict[str, Any]:
-        """As DetectionCheckpointer.load, but a missing file is a FileNotFoundError naming it."""
+        """As DetectionCheckpointer.load, but a missing file or a directory is an error naming it."""
         if path and not os.path.isfile(path) and not os.path.isfile(self.path_manager.get_local_path(path)):
-            raise FileNotFoundError(f"checkpoint file {path!r} not found")
+            raise not_a_checkpoint_file(path)
         self._loading = path
         return super().load(path, checkpointables=checkpointables)
 
@@ -193,6 +217,8 @@ class QuantDetCheckpointer(DetectionCheckpointer):
 
     def _load_model(self, checkpoint: Dict[str, Any]):
         if not checkpoint.get("matching_heuristics", False):  # model-zoo files are renamed later
-            check_compatible(self.model.state_dict(), checkpoint["model"], self._loading,
-                             strict=self._strict, drop_mismatch=self.drop_mismatch)
+            resolved = check_compatible(
+                self.model.state_dict(), checkpoint["model"], self._loading, strict=self._strict,
+                drop_mismatch=self.drop_mismatch, reinit=self.reinit_mismatched)
+            _update_in_place(checkpoint["model"], resolved)
         return super()._load_model(checkpoint)

@@ -20,6 +20,7 @@ from tabulate import tabulate
 from torch import nn
 
 from .io import read_checkpoint, strip_module_prefix
+from .quantizer_identity import resolve_quantizer_mismatches
 
 logger = logging.getLogger(__name__)
 
@@ -71,13 +72,14 @@ class DoubleInitReport:
 
 
 def load_double_init(model: nn.Module, weights: str, weight_extra: str,
-                     drop_mismatch: bool = False) -> DoubleInitReport:
+                     drop_mismatch: bool = False, reinit_mismatched: bool = False) -> DoubleInitReport:
     """Load `weight_extra` into `model`, then `weights` on top (its keys win); return the report.
 
     `weights` may be "" (only the extra file is loaded). Both files are read and checked before
     the model is touched, so an error leaves the model unchanged. Raises FileNotFoundError or
     ValueError naming the file, and ValueError naming key and both shapes on a shape mismatch
-    unless `drop_mismatch` (the key is then skipped and reported).
+    unless `drop_mismatch` (the key is then skipped and reported). Quantizers saved with another
+    config are an error unless `reinit_mismatched` (see quantizer_identity.py).
     """
     if not weight_extra:
         raise ValueError("load_double_init needs weight_extra (MODEL.WEIGHT_EXTRA); got ''")
@@ -88,6 +90,7 @@ def load_double_init(model: nn.Module, weights: str, weight_extra: str,
     merged: Dict[str, torch.Tensor] = {}
     for path in [weight_extra] + ([weights] if weights else []):
         state = _state_dict_for(model, read_checkpoint(path))
+        state = resolve_quantizer_mismatches(model_state, state, path, reinit=reinit_mismatched)
         for key, value in state.items():
             if key not in model_state:
                 report.unexpected.setdefault(path, []).append(key)

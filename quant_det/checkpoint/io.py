@@ -34,7 +34,7 @@ def read_checkpoint(path: str, loader: Optional[Callable[[str], Any]] = None) ->
         raise ValueError("checkpoint path is empty")
     local = path if os.path.isfile(path) else PathManager.get_local_path(path)
     if not os.path.isfile(local):
-        raise FileNotFoundError(f"checkpoint file {path!r} not found")
+        raise not_a_checkpoint_file(path)
     if os.path.getsize(local) == 0:
         raise ValueError(f"checkpoint file {path!r} is empty (0 bytes)")
     if loader is None:
@@ -57,6 +57,21 @@ def read_checkpoint(path: str, loader: Optional[Callable[[str], Any]] = None) ->
                 f"state dict is a {type(value).__name__}, not a tensor"
             )
     return data
+
+
+def not_a_checkpoint_file(path: str, key: str = "checkpoint file") -> Exception:
+    """The error for a `path` that is not a file: FileNotFoundError, or ValueError for a directory
+    (naming the checkpoint inside it that was probably meant)."""
+    if not os.path.isdir(path):
+        return FileNotFoundError(f"{key} {path!r} not found")
+    last = os.path.join(path, "last_checkpoint")
+    if os.path.isfile(last):
+        with open(last) as f:
+            hint = f"its last checkpoint is {os.path.join(path, f.read().strip())!r}"
+    else:
+        files = sorted(n for n in os.listdir(path) if n.endswith((".pth", ".pkl")))
+        hint = f"it holds {', '.join(files[:4])}" if files else "it holds no .pth/.pkl file"
+    return ValueError(f"{key} {path!r} is a directory, not a checkpoint file; {hint}")
 
 
 def strip_module_prefix(state: Dict[str, Any]) -> "OrderedDict[str, Any]":

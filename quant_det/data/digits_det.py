@@ -227,6 +227,8 @@ def build_digits_det(root, seed=0, num_train=2000, num_val=300, exist_ok=False, 
     split already present (or finished concurrently by another process) is kept as it is.
     """
     sizes = {"train": num_train, "val": num_val}
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed={seed!r} is not allowed: an int >= 0")
     for split, num_images in sizes.items():  # fail before writing anything
         _validate(split, num_images, split_kwargs.get("image_size", IMAGE_SIZE),
                   split_kwargs.get("digit_size", DIGIT_SIZE), split_kwargs.get("digits_per_image", DIGITS_PER_IMAGE))

@@ -1,6 +1,9 @@
 """Multi-process set-up under `torchrun` (detectron2's `launch` asserts CUDA; we also run on CPU),
-and the CPU replacement of SyncBatchNorm (`CPUSyncBatchNorm`)."""
+checks shared by all ranks (`check_same_config`, `on_main_process`), and the CPU replacement of
+SyncBatchNorm (`CPUSyncBatchNorm`)."""
+import hashlib
 import os
+import pickle
 
 import torch
 import torch.distributed as dist
@@ -30,6 +33,59 @@ def init_distributed_from_env() -> int:
             comm._LOCAL_PROCESS_GROUP = group
     comm.synchronize()
     return world
+
+
+def _flat_config(node, prefix=""):
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from _flat_config(value, f"{prefix}{key}.")
+        else:
+            yield prefix + key, value
+
+
+def check_same_config(cfg) -> None:
+    """With several processes: compare a hash of the (frozen) config across ranks; if they differ,
+    raise ValueError on every rank naming the keys that differ and each rank's value.
+
+    Why: ranks started with different (valid) configs, e.g. on two machines, would train
+    together silently, each with its own learning rate, bits or data.
+    """
+    if comm.get_world_size() == 1:
+        return
+    digests = comm.all_gather(hashlib.sha256(cfg.dump().encode("utf-8")).hexdigest())
+    if len(set(digests)) == 1:
+        return
+    configs = [dict(_flat_config(c)) for c in comm.all_gather(cfg)]
+    keys = sorted(set().union(*configs))
+    differing = [k for k in keys if any(c.get(k, "(missing)") != configs[0].get(k, "(missing)")
+                                        for c in configs)]
+    listed = "; ".join(f"{k}: " + ", ".join(f"rank {r} {c.get(k, '(missing)')!r}"
+                                           for r, c in enumerate(configs)) for k in differing[:8])
+    raise ValueError(f"the {len(configs)} processes were started with different configs "
+                     f"({len(differing)} key(s) differ): {listed}; start every rank with the same "
+                     f"--config-file and KEY VALUE options")
+
+
+def on_main_process(fn):
+    """Run `fn()` on the main process only and return its result there (None elsewhere); if it
+    raises, every process raises that error (so that no rank waits for a failed one)."""
+    result, error = None, None
+    if comm.is_main_process():
+        try:
+            result = fn()
+        except Exception as e:  # noqa: BLE001 (re-raised below, on every rank)
+            error = e
+    if comm.get_world_size() > 1:
+        shared = error
+        try:
+            pickle.loads(pickle.dumps(error))
+        except Exception:  # noqa: BLE001 (an error type that does not pickle: send its text)
+            shared = RuntimeError(f"{type(error).__name__}: {error}")
+        shared = comm.all_gather(shared if comm.is_main_process() else None)[0]
+        error = error if comm.is_main_process() else shared
+    if error is not None:
+        raise error
+    return result
 
 
 class CPUSyncBatchNorm(nn.BatchNorm2d):

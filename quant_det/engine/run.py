@@ -21,7 +21,10 @@ from ..config import add_quant_det_config
 from ..convert import QuantizationSpec
 from ..data import register_datasets_for
 from .calibrate import calibrate, reestimate_bn
-from .distributed import init_distributed_from_env
+from .distributed import check_same_config, init_distributed_from_env, on_main_process
+from .output_dir import drop_metrics_from, prepare_output_dir, unlock_output_dir
+from .preflight import (check_datasets, check_model_and_weights, check_solver_keys,
+                        check_weight_files, resolve_eval_weights)
 from .trainer import Trainer, build_checkpointer, check_num_classes
 
 logger = logging.getLogger("quant_det")
@@ -35,11 +38,22 @@ def argument_parser():
         "--allow-original-key", action="append", default=[], metavar="KEY_PREFIX",
         help="for a yaml written for the original low-bit fork: accept losing the behaviour of "
              "these keys (see quant_det/porting/compat.py) instead of refusing the file")
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="start a new run in an OUTPUT_DIR that holds one, deleting that run's checkpoints, "
+             "metrics, logs and results first (without it, or --resume, such a folder is refused)")
     return parser
 
 
+def is_eval_only(args, cfg) -> bool:
+    """--eval-only, or MODEL.QUANTIZATION.MODE "eval"."""
+    return bool(args.eval_only) or cfg.MODEL.QUANTIZATION.MODE == "eval"
+
+
 def setup(args):
-    """Build the frozen cfg from the yaml + overrides, register data sets, set up logging."""
+    """Build the frozen cfg from the yaml + overrides, check everything that can be checked before
+    OUTPUT_DIR is touched (see preflight.py), lock and prepare OUTPUT_DIR (see output_dir.py),
+    register data sets, set up logging. The lock is held until `main` returns."""
     cfg = get_cfg()
     add_quant_det_config(cfg)
     if not os.path.isfile(args.config_file):
@@ -47,25 +61,55 @@ def setup(args):
     notes = []
     with suggest_config_keys(cfg):
         if is_original_config(args.config_file):  # written for the original fork: translate
-            notes = merge_original_config(cfg, args.config_file,
-                                          allow=getattr(args, "allow_original_key", ()))
+            notes = [f"original-fork config: {n}" for n in merge_original_config(
+                cfg, args.config_file, allow=getattr(args, "allow_original_key", ()))]
         else:
             cfg.merge_from_file(args.config_file)
         cfg.merge_from_list(args.opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"  # the same yaml runs on a GPU machine and on this CPU one
     QuantizationSpec.from_config(cfg)  # fail before any output is written
+    check_solver_keys(cfg, comm.get_world_size())
+    eval_only, overwrite = is_eval_only(args, cfg), getattr(args, "overwrite", False)
+    if overwrite and (args.resume or eval_only):
+        raise ValueError(f"--overwrite cannot go with {'--resume' if args.resume else '--eval-only'}: "
+                         "--overwrite deletes the run in OUTPUT_DIR and starts a new one")
+    # What the run loads: OUTPUT_DIR's last checkpoint (training with --resume) or the weights.
+    resumes = args.resume and not eval_only and cfg.MODEL.QUANTIZATION.MODE != "calibrate"
+    if eval_only:
+        notes += resolve_eval_weights(cfg, args.resume)
+    else:
+        check_weight_files(cfg, resumes)
     cfg.freeze()
-    default_setup(cfg, args)
-    # default_setup configures only the "detectron2" and "fvcore" loggers.
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="quant_det")
-    for note in notes:
-        logger.info(f"original-fork config: {note}")
-    if cfg.SEED >= 0:
-        make_torchscript_reproducible()
+    check_same_config(cfg)
     register_datasets_for(cfg)
-    check_num_classes(cfg, list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+    notes += on_main_process(
+        lambda: preflight(cfg, args.resume, resumes, eval_only, overwrite)) or []
+    try:
+        default_setup(cfg, args)
+        # default_setup configures only the "detectron2" and "fvcore" loggers.
+        setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="quant_det")
+        for note in notes:
+            logger.info(note)
+        if cfg.SEED >= 0:
+            make_torchscript_reproducible()
+    except BaseException:
+        unlock_output_dir(cfg.OUTPUT_DIR)
+        raise
     return cfg
+
+
+def preflight(cfg, resume, resumes, eval_only, overwrite):
+    """Main process: data sets, model + weights (`resumes`: from the last checkpoint), then
+    lock/refuse/clear OUTPUT_DIR; returns log lines."""
+    names = {"DATASETS.TEST": list(cfg.DATASETS.TEST)}
+    if not eval_only:
+        names = {"DATASETS.TRAIN": list(cfg.DATASETS.TRAIN), **names}
+    check_datasets(cfg, names)
+    check_num_classes(cfg, [n for group in names.values() for n in group])
+    check_model_and_weights(cfg, resume=resumes)
+    # An --eval-only run writes only its results, in a folder of its own if OUTPUT_DIR holds a run.
+    return prepare_output_dir(cfg.OUTPUT_DIR, resume=resume, overwrite=overwrite, refuse=not eval_only)
 
 
 def make_torchscript_reproducible():
@@ -118,11 +162,11 @@ def write_results(cfg, results):
     os.replace(tmp, path)
 
 
-def evaluate(cfg, resume: bool):
-    """Load MODEL.WEIGHTS (or the last checkpoint if resuming) into the quantized model, re-estimate
+def evaluate(cfg):
+    """Load MODEL.WEIGHTS (chosen by `resolve_eval_weights`) into the quantized model, re-estimate
     its BN statistics if MODEL.QUANTIZATION.BN_REESTIMATE_ITERS > 0 (not saved); evaluate."""
     model = Trainer.build_model(cfg)
-    build_checkpointer(cfg, model).resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+    build_checkpointer(cfg, model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
     iters = cfg.MODEL.QUANTIZATION.BN_REESTIMATE_ITERS
     if iters > 0:
         seen = reestimate_bn(model, Trainer.build_train_loader(cfg), iters)
@@ -142,20 +186,33 @@ def run_calibration(cfg, spec):
     return Trainer.test(cfg, model)
 
 
+def train(cfg, resume):
+    """QAT / float training; on --resume, metrics.json rows the resumed run redoes are dropped."""
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=resume)
+    if resume and comm.is_main_process():
+        dropped = drop_metrics_from(cfg.OUTPUT_DIR, trainer.start_iter)
+        if dropped:
+            logger.info(f"metrics.json: dropped {dropped} line(s) of iterations >= "
+                        f"{trainer.start_iter} (written after the resumed checkpoint)")
+    trainer.train()
+    # DefaultTrainer.train() returns the final evaluation only if TEST.EXPECTED_RESULTS is set
+    return getattr(trainer, "_last_eval_results", None)
+
+
 def main(args):
     """Train (MODE qat), calibrate (MODE calibrate) or evaluate (--eval-only / MODE eval)."""
     init_distributed_from_env()
     cfg = setup(args)
-    spec = QuantizationSpec.from_config(cfg)
-    if args.eval_only or spec.mode == "eval":
-        results = evaluate(cfg, args.resume)
-    elif spec.mode == "calibrate":
-        results = run_calibration(cfg, spec)
-    else:
-        trainer = Trainer(cfg)
-        trainer.resume_or_load(resume=args.resume)
-        trainer.train()
-        # DefaultTrainer.train() returns the final evaluation only if TEST.EXPECTED_RESULTS is set
-        results = getattr(trainer, "_last_eval_results", None)
-    write_results(cfg, results)
-    return results
+    try:
+        spec = QuantizationSpec.from_config(cfg)
+        if is_eval_only(args, cfg):
+            results = evaluate(cfg)
+        elif spec.mode == "calibrate":
+            results = run_calibration(cfg, spec)
+        else:
+            results = train(cfg, args.resume)
+        write_results(cfg, results)
+        return results
+    finally:
+        unlock_output_dir(cfg.OUTPUT_DIR)

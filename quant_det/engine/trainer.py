@@ -154,10 +154,12 @@ class Trainer(DefaultTrainer):
 
 
 def build_checkpointer(cfg, model, **checkpointables):
-    """QuantDetCheckpointer configured from MODEL.WEIGHT_EXTRA / WEIGHT_EXTRA_DROP_MISMATCH."""
+    """QuantDetCheckpointer configured from MODEL.WEIGHT_EXTRA / WEIGHT_EXTRA_DROP_MISMATCH /
+    QUANTIZATION.REINIT_MISMATCHED."""
     return QuantDetCheckpointer(
         model, cfg.OUTPUT_DIR, weight_extra=cfg.MODEL.WEIGHT_EXTRA,
-        drop_mismatch=cfg.MODEL.WEIGHT_EXTRA_DROP_MISMATCH, **checkpointables)
+        drop_mismatch=cfg.MODEL.WEIGHT_EXTRA_DROP_MISMATCH,
+        reinit_mismatched=cfg.MODEL.QUANTIZATION.REINIT_MISMATCHED, **checkpointables)
 
 
 def load_train_dicts(cfg):

@@ -18,10 +18,10 @@ Example:
           plot="experiments/dashboard_ap_vs_bits.png", command="python tools/dashboard.py")
 """
 import glob
-import json
 import os
 
-import yaml
+from ..engine.output_dir import EVAL_ONLY_DIR
+from .records import check_field_types, check_reported_table, read_json, read_yaml
 
 RUN_FILE = "run.json"
 REQUIRED = ("config", "command", "git_commit", "seed", "metrics", "status")
@@ -34,6 +34,11 @@ FP32_BITS = 32
 
 def _check_provenance(path, run):
     """Raise ValueError naming `path` and every missing provenance field of `run`."""
+    check_field_types(path, run)
+    try:
+        parse_bits((run.get("meta") or {}).get("bits", "32/32"))
+    except ValueError as e:
+        raise ValueError(f"{path}: field 'meta.bits': {e}") from None
     missing = [k for k in REQUIRED if run.get(k) in (None, "")]
     if run.get("status") not in (None, "", "done"):
         missing.append(f"status=done (is {run['status']!r})")
@@ -54,8 +59,11 @@ def _dataset(run_dir, run):
     cfg_path = os.path.join(run_dir, "config.yaml")
     if not os.path.exists(cfg_path):
         raise ValueError(f"{cfg_path}: missing (the run's detectron2 config is part of its provenance)")
-    with open(cfg_path) as f:
-        return ", ".join(yaml.safe_load(f).get("DATASETS", {}).get("TEST", [])) or "?"
+    config = read_yaml(cfg_path)
+    test = config.get("DATASETS", {}).get("TEST", []) if isinstance(config, dict) else None
+    if not isinstance(test, (list, tuple)):
+        raise ValueError(f"{cfg_path}: field 'DATASETS.TEST' is missing or not a list")
+    return ", ".join(map(str, test)) or "?"
 
 
 def collect_runs(roots, kind="detector"):
@@ -71,8 +79,7 @@ def collect_runs(roots, kind="detector"):
         if not os.path.isdir(root):
             raise ValueError(f"--roots: {root!r} is not a directory")
         for path in sorted(glob.glob(os.path.join(root, "**", RUN_FILE), recursive=True)):
-            with open(path) as f:
-                run = json.load(f)
+            run = read_json(path, "a run record (JSON object)")
             _check_provenance(path, run)
             if run.get("kind", "detector") != kind:
                 continue
@@ -84,13 +91,18 @@ def collect_runs(roots, kind="detector"):
 
 
 def unfinished_runs(roots):
-    """Run directories under `roots` with a checkpoint or config but no run.json (not shown)."""
+    """Run directories under `roots` with a checkpoint or config but no run.json (not shown).
+
+    Folders of separate --eval-only runs (`<run>/eval_only/<weights>`) are not runs."""
     found = set()
     for root in roots:
         for marker in ("last_checkpoint", "config.yaml"):
             for path in glob.glob(os.path.join(root, "**", marker), recursive=True):
-                if not os.path.exists(os.path.join(os.path.dirname(path), RUN_FILE)):
-                    found.add(os.path.dirname(path))
+                run_dir = os.path.dirname(path)
+                if EVAL_ONLY_DIR in run_dir.split(os.sep):
+                    continue
+                if not os.path.exists(os.path.join(run_dir, RUN_FILE)):
+                    found.add(run_dir)
     return sorted(found)
 
 
@@ -223,10 +235,8 @@ def load_reported(directory):
     """Every `<directory>/*.yaml` of the original's reported numbers, as parsed dicts."""
     tables = []
     for path in sorted(glob.glob(os.path.join(directory, "*.yaml"))):
-        with open(path) as f:
-            table = yaml.safe_load(f)
-        if "source" not in table or "rows" not in table:
-            raise ValueError(f"{path}: a reported table needs 'source' and 'rows' keys")
+        table = read_yaml(path)
+        check_reported_table(path, table)
         tables.append(dict(table, path=path))
     return tables
 

@@ -39,7 +39,8 @@ import sys
 import time
 from datetime import timedelta
 
-import yaml
+from ..engine.output_dir import run_files
+from .records import read_json, read_yaml
 
 RUN_FILE = "run.json"
 RESULTS_FILE = "eval_results.json"
@@ -52,18 +53,41 @@ BACKBONE_PREFIX = "backbone.bottom_up."
 PROGRESS = re.compile(r"eta: |Error|Traceback|calibration batch")
 
 
+# Row fields and their types (besides name/config/kind, checked in load_run_set).
+ROW_TYPES = {"opts": list, "args": list, "meta": dict, "init_from": str, "extra_from": str}
+
+
+def _check_row(path, i, run):
+    """ValueError naming `path`, runs[i] and the field if the row is not a mapping of the right types."""
+    if not isinstance(run, dict):
+        raise ValueError(f"{path}: runs[{i}] is a {type(run).__name__} ({run!r}), not a mapping "
+                         f"with name/config/...")
+    for field in ("name", "config", "kind"):
+        if field in run and not isinstance(run[field], str):
+            raise ValueError(f"{path}: runs[{i}].{field}={run[field]!r} is not a string")
+    for field, kind in ROW_TYPES.items():
+        if run.get(field) is not None and not isinstance(run[field], kind):
+            raise ValueError(f"{path}: runs[{i}].{field}={run[field]!r} is not a "
+                             f"{'list' if kind is list else 'mapping' if kind is dict else 'string'}")
+
+
 def load_run_set(path):
-    """Parse a run-set yaml; raise ValueError naming the file and the bad entry.
+    """Parse a run-set yaml; raise a one-line ValueError naming the file and the bad entry.
 
     Resolves each detector row's `init_from` to the file it loads (`init_file`: model_final.pth
     of a detector row, detectron2.pth of a classifier row).
     """
-    with open(path) as f:
-        spec = yaml.safe_load(f)
+    spec = read_yaml(path)
     if not isinstance(spec, dict) or "runs" not in spec or "root" not in spec:
         raise ValueError(f"{path}: a run set needs top-level 'root' and 'runs' keys")
+    if not isinstance(spec["runs"], list):
+        raise ValueError(f"{path}: 'runs' is a {type(spec['runs']).__name__}, not a list of rows "
+                         f"(write each row as '- name: ...')")
+    if not isinstance(spec["root"], str):
+        raise ValueError(f"{path}: 'root'={spec['root']!r} is not a directory path")
     kinds = {}
     for i, run in enumerate(spec["runs"]):
+        _check_row(path, i, run)
         kind = run.setdefault("kind", "detector")
         if kind not in KINDS:
             raise ValueError(f"{path}: runs[{i}].kind={kind!r}; allowed: {list(KINDS)}")
@@ -100,13 +124,12 @@ def git_commit(repo="."):
 
 
 def run_status(out_dir):
-    """'done' (run.json says so), 'partial' (a checkpoint exists) or 'new'."""
+    """'done' (run.json says so), 'partial' (train_net.py output exists: a checkpoint, or metrics
+    of a run killed before its first checkpoint, which --resume restarts) or 'new'."""
     info = os.path.join(out_dir, RUN_FILE)
-    if os.path.exists(info):
-        with open(info) as f:
-            if json.load(f).get("status") == "done":
-                return "done"
-    if os.path.exists(os.path.join(out_dir, "last_checkpoint")):
+    if os.path.exists(info) and read_json(info).get("status") == "done":
+        return "done"
+    if run_files(out_dir):
         return "partial"
     return "new"
 
@@ -151,8 +174,7 @@ def execute(run, root, log=print):
     status = run_status(out_dir)
     if status == "done":
         log(f"[skip] {run['name']}: finished")
-        with open(os.path.join(out_dir, RUN_FILE)) as f:
-            return json.load(f)
+        return read_json(os.path.join(out_dir, RUN_FILE))
     os.makedirs(out_dir, exist_ok=True)
     classifier = run.get("kind") == "classifier"
     if classifier:  # a few minutes, not checkpointed: an interrupted one starts over
@@ -169,13 +191,11 @@ def execute(run, root, log=print):
         if returncode != 0:
             raise RuntimeError(f"{run['name']} failed (exit {returncode}); see {out_dir}/stdout.log")
     if classifier:
-        with open(os.path.join(out_dir, CLASSIFIER_METRICS)) as f:
-            found = json.load(f)
+        found = read_json(os.path.join(out_dir, CLASSIFIER_METRICS))
         metrics = {"classification": {k: found[k] for k in ("val_acc", "train_acc", "epochs")}}
         seed, config = found["seed"], CLASSIFIER_TOOL
     else:
-        with open(os.path.join(out_dir, RESULTS_FILE)) as f:
-            metrics = json.load(f)
+        metrics = read_json(os.path.join(out_dir, RESULTS_FILE))
         seed, config = _seed_from_config(os.path.join(out_dir, "config.yaml")), run["config"]
     record = {
         "name": run["name"], "kind": run.get("kind", "detector"), "config": config,
@@ -207,8 +227,8 @@ def _stream(cmd, log_path, log):
 
 
 def _seed_from_config(path):
-    with open(path) as f:
-        return yaml.safe_load(f).get("SEED")
+    config = read_yaml(path)
+    return config.get("SEED") if isinstance(config, dict) else None
 
 
 def run_set(path, only=None, log=print, root=None):

@@ -79,10 +79,12 @@ def _load_source(path: str, unsafe_pickle: bool = False) -> Dict[str, Any]:
         with open(path, "rb") as f:
             data = pickle.load(f, encoding="latin1")
     else:
+        _check_torch_file(path)
         try:
             data = torch.load(path, map_location="cpu", weights_only=not unsafe_pickle)
         except pickle.UnpicklingError as e:
-            if unsafe_pickle:
+            # Only torch's weights_only refusal of a real pickle is fixed by --unsafe-pickle.
+            if unsafe_pickle or "weights only load failed" not in str(e).lower():
                 raise
             raise pickle.UnpicklingError(
                 f"{str(e).splitlines()[0]} (if you trust it, retry with --unsafe-pickle)") from e
@@ -105,10 +107,27 @@ def read_source_state_dict(path: str, unsafe_pickle: bool = False) -> "OrderedDi
                        for key, value in strip_module_prefix(data["model"]).items())
 
 
+def _check_torch_file(path: str) -> None:
+    """ValueError naming `path` unless it starts like a torch.save file (a zip archive, or a
+    pickle of protocol >= 2 for the legacy format): e.g. a text file is not a checkpoint."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise ValueError(f"cannot read {path!r}: the file is empty (0 bytes)")
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+        raise ValueError(f"cannot read {path!r}: not a checkpoint (a torch.save file is a zip "
+                         f"archive or a pickle; this one starts with {head!r})")
+
+
 def check_output_path(src: str, dst: str, force: bool = False) -> None:
-    """Refuse to overwrite the input (always) or an existing file (unless `force`)."""
+    """Refuse to overwrite the input (always) or an existing file (unless `force`), and an output
+    in a directory that does not exist."""
     if not dst.endswith(".pth"):
         raise ValueError(f"output {dst!r} must end in .pth (detectron2 reads .pkl files as pickles)")
+    folder = os.path.dirname(os.path.abspath(dst))
+    if not os.path.isdir(folder):
+        raise ValueError(f"output {dst!r}: its directory {os.path.dirname(dst) or folder!r} does "
+                         f"not exist; create it first")
     if os.path.exists(dst):
         if os.path.exists(src) and os.path.samefile(src, dst):
             raise ValueError(f"refusing to overwrite the input checkpoint {src!r}")

@@ -101,6 +101,9 @@ class LSQQuantizer(LearnedRangeQuantizer):
         self._signed = role == "weight"
         self.init_rule = "paper"
 
+    def signedness(self):
+        return "signed" if self.role == "weight" else "from data"
+
     def bounds(self):
         """(Qn, Qp) for the current grid."""
         return signed_bounds(self.levels) if self._signed else (0, self.levels - 1)

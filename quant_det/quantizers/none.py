@@ -1,4 +1,6 @@
 """Method "none": the identity; `forward(x)` returns `x` itself (bit-identical to the float model)."""
+from torch import nn
+
 from .registry import Quantizer, invalid, register_quantizer
 
 
@@ -14,6 +16,10 @@ class NoQuantizer(Quantizer):
         super().__init__(role, min(bits, 8), levels, per_channel, num_channels)
         self.bits = bits
         self.levels = 0
+
+    # Full precision has nothing to record: a float layer's checkpoint holds no quantizer state.
+    get_extra_state = nn.Module.get_extra_state
+    set_extra_state = nn.Module.set_extra_state
 
     def forward(self, x):
         return x

@@ -8,7 +8,13 @@
 and validates the arguments it cannot support with a `ValueError` naming argument, value and the
 allowed choices. `build_quantizer` additionally checks the method against the role's list in
 `quant_det.config` (WEIGHT_METHODS / ACT_METHODS).
+
+Every quantizer except "none" records what it is in its state dict, under `<name>._extra_state`
+(see `Quantizer.identity`), so that a checkpoint of another quantization config is recognized
+on load instead of silently loading its steps (quant_det/checkpoint/quantizer_identity.py).
 """
+import json
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -99,6 +105,45 @@ class Quantizer(nn.Module):
             self._calib_batches = 0
         self._calibrating = bool(flag)
 
+    def identity(self):
+        """What this quantizer is: {"method", "role", "bits", "levels", "signed", "per_channel"}.
+
+        "signed" is the grid's sign as configured: "signed" (symmetric, e.g. every weight grid),
+        "unsigned" (0..L-1, e.g. DoReFa/PACT activations) or "from data" (LSQ activations: set by
+        the first batch). Saved with the state (get_extra_state); a checkpoint whose quantizer has
+        another identity is a different quantization config.
+        """
+        return {"method": self.method, "role": self.role, "bits": self.bits, "levels": self.levels,
+                "signed": self.signedness(), "per_channel": self.per_channel}
+
+    def signedness(self):
+        """"signed" for weights, "unsigned" for activations; overridden where it differs."""
+        return "signed" if self.role == "weight" else "unsigned"
+
+    def get_extra_state(self):
+        """The identity as UTF-8 JSON bytes in a uint8 tensor: a tensor, because detectron2's and
+        fvcore's checkpoint loaders accept nothing else in a state dict."""
+        return encode_identity(self.identity())
+
+    def set_extra_state(self, state):
+        """Check a loaded identity against this quantizer's; ValueError naming both if they differ.
+
+        (QuantDetCheckpointer compares all quantizers first and names every mismatched layer; this
+        guards direct `load_state_dict` calls.)
+        """
+        saved, mine = decode_identity(state), self.identity()
+        if any(saved[k] != mine[k] for k in saved.keys() & mine.keys()):
+            raise ValueError(f"quantizer state saved as {describe_identity(saved)} cannot load into a "
+                             f"{describe_identity(mine)} quantizer (another MODEL.QUANTIZATION)")
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        key = prefix + "_extra_state"
+        if key not in state_dict and key in missing_keys:
+            missing_keys.remove(key)  # saved before identities were recorded, or converted: unchecked
+
     def extra_repr(self):
         text = f"method={self.method}, role={self.role}, bits={self.bits}, levels={self.levels}"
         return text + (f", per_channel=True, num_channels={self.num_channels}" if self.per_channel else "")
@@ -111,6 +156,34 @@ class Quantizer(nn.Module):
         """Raise ValueError if a per-channel quantizer gets a tensor whose dim 0 is not num_channels."""
         if self.per_channel and x.shape[0] != self.num_channels:
             raise invalid("x.shape[0]", x.shape[0], [self.num_channels], "per-channel quantizer")
+
+
+def encode_identity(identity):
+    """`identity` (a dict of str/int/bool) as a uint8 tensor of canonical JSON bytes."""
+    data = json.dumps(identity, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return torch.tensor(list(data), dtype=torch.uint8)
+
+
+def decode_identity(state):
+    """The dict `encode_identity` encoded; ValueError if `state` is not such a tensor."""
+    try:
+        identity = json.loads(bytes(state.flatten().tolist()).decode("utf-8"))
+    except (AttributeError, TypeError, ValueError) as e:
+        raise ValueError(f"unreadable quantizer identity {state!r}: {e}") from None
+    if not isinstance(identity, dict):
+        raise ValueError(f"unreadable quantizer identity {identity!r}: not a mapping")
+    return identity
+
+
+def describe_identity(identity):
+    """One line, e.g. "lsq weight 4-bit 16-level signed per-tensor"; None: "float (not quantized)"."""
+    if identity is None:
+        return "float (not quantized)"
+    channel = {True: "per-channel", False: "per-tensor"}.get(identity.get("per_channel"), "")
+    signed = {"from data": "sign from data"}.get(identity.get("signed"), identity.get("signed", ""))
+    parts = [identity.get("method", "?"), identity.get("role", "?"), f"{identity.get('bits', '?')}-bit",
+             f"{identity.get('levels', '?')}-level", str(signed), channel]
+    return " ".join(p for p in parts if p)
 
 
 class LearnedRangeQuantizer(Quantizer):

@@ -42,8 +42,8 @@ def test_quantizer_keys_move_with_their_conv():
         "backbone.bottom_up.res5.0.shortcut.weight_quantizer.initialized"
     assert renamed["conv1.weight_quantizer.step"] == "backbone.bottom_up.stem.conv1.weight_quantizer.step"
     assert result.unconverted == ["fc.weight", "fc.bias"]
-    # 20 convs x 2 quantizers x (step, initialized, signed)
-    assert sum("_quantizer." in new for new in renamed.values()) == 20 * 2 * 3
+    # 20 convs x 2 quantizers x (step, initialized, signed, _extra_state: the quantizer's identity)
+    assert sum("_quantizer." in new for new in renamed.values()) == 20 * 2 * 4
     for old, new in result.renamed:
         assert torch.equal(result.state_dict[new], sd[old])
 

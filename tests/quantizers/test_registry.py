@@ -85,11 +85,11 @@ def test_set_calibration_flags_every_nested_quantizer():
 def test_learned_ranges_are_parameters_and_flags_are_buffers():
     lsq = build_quantizer("lsq", "weight", 4, per_channel=True, num_channels=6)
     assert [n for n, _ in lsq.named_parameters()] == ["step"]
-    assert set(lsq.state_dict()) == {"step", "initialized", "signed"}
+    assert set(lsq.state_dict()) == {"step", "initialized", "signed", "_extra_state"}
     assert lsq.step.shape == (6,)
     assert [n for n, _ in build_quantizer("pact", "act", 4).named_parameters()] == ["alpha"]
     lq = build_quantizer("lqnet", "weight", 2)
-    assert list(lq.parameters()) == [] and set(lq.state_dict()) == {"basis", "initialized"}
+    assert list(lq.parameters()) == [] and set(lq.state_dict()) == {"basis", "initialized", "_extra_state"}
 
 
 def test_loaded_initialized_flag_prevents_reinitialization():

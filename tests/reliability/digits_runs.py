@@ -3,6 +3,7 @@
 Every run uses one thread per process (the CI machine has 2 cores) and a small FCOS-R18 W4A4 LSQ
 (FPN 64 channels, one conv per head tower) so a 12-iteration run with evaluation takes ~15 s.
 """
+import hashlib
 import json
 import os
 import socket
@@ -62,3 +63,22 @@ def metrics(out_dir):
     with open(os.path.join(out_dir, "metrics.json")) as f:
         rows = [json.loads(line) for line in f if line.strip()]
     return {r["iteration"]: r for r in rows if "total_loss" in r}
+
+
+def md5s(root):
+    """{path relative to `root`: md5 of its bytes} for every file under `root`, hidden ones too."""
+    found = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, root)] = hashlib.md5(f.read()).hexdigest()
+    return found
+
+
+def run_args(out_dir, *opts, flags=()):
+    """Parsed tools/train_net.py arguments: CONFIG + SMALL + opts into `out_dir`, with `flags`
+    such as "--resume", "--eval-only", "--overwrite"."""
+    from quant_det.engine import run
+    return run.argument_parser().parse_args(
+        ["--config-file", CONFIG, *flags, "OUTPUT_DIR", str(out_dir), *SMALL, *map(str, opts)])

@@ -2,8 +2,10 @@
 choices where there are choices), and leave OUTPUT_DIR's existing checkpoints byte-identical.
 
 Every case runs `quant_det.engine.run.main` in-process on a 40-image digits-det, with a dummy
-model_0000009.pth + last_checkpoint already in OUTPUT_DIR. The two divergence cases (NaN loss,
-collapsed LSQ step) train 6 iterations and check that only good checkpoints were written.
+model_0000009.pth + last_checkpoint already in OUTPUT_DIR: each error must come before the
+OUTPUT_DIR checks (which would refuse that folder without --resume). The two divergence cases
+(NaN loss, collapsed LSQ step) train 6 iterations into a fresh folder and check that only good
+checkpoints were written. More cases: test_bad_inputs_more.py, test_output_dir.py.
 """
 import math
 import os
@@ -78,7 +80,7 @@ def args_for(out, *opts, resume=False, config=CONFIG):
 def assert_untouched(out, before):
     for name, content in before.items():
         assert (out / name).read_bytes() == content, f"{name} changed"
-    assert not [n for n in os.listdir(out) if n.endswith(".pth") and n != "model_0000009.pth"]
+    assert sorted(os.listdir(out)) == sorted(before)  # not even log.txt or config.yaml written
 
 
 # (id, overrides (with {file} placeholders), --resume, exception type, substrings of the message)
@@ -107,8 +109,9 @@ CASES = [
      ["retinanet.pth", "head.cls_score.weight: file (90, 64, 3, 3) vs model (10, 64, 3, 3)",
       "WEIGHT_EXTRA_DROP_MISMATCH"]),
     ("lsq checkpoint into dorefa/pact model", ["MODEL.WEIGHTS", "{lsq}", *PACT], False, ValueError,
-     ["lsq.pth", "MODEL.QUANTIZATION", f"in the file only: {RES2_ACT}.signed",
-      f"in the model only: {RES2_ACT}.alpha"]),
+     ["lsq.pth", "another quantization config (MODEL.QUANTIZATION)",
+      "file lsq act 4-bit 16-level sign from data per-tensor vs config pact act 4-bit 16-level "
+      f"unsigned per-tensor: {RES2_ACT}", Q + "REINIT_MISMATCHED True"]),
     ("foreign checkpoint", ["MODEL.WEIGHTS", "{foreign}"], False, ValueError,
      ["foreign.pth", "shares no key", "classifier.weight"]),
     ("empty checkpoint", ["MODEL.WEIGHTS", "{empty}"], False, ValueError, ["empty.pth", "empty"]),
@@ -170,21 +173,27 @@ def train_with_fault(out, fault, before_health_check):
 def assert_only_good_checkpoints(out):
     assert (out / "last_checkpoint").read_text() == "model_0000003.pth"
     checkpoints = sorted(n for n in os.listdir(out) if n.endswith(".pth"))
-    assert checkpoints == ["model_0000003.pth", "model_0000009.pth"]
+    assert checkpoints == ["model_0000003.pth"]
     state = torch.load(out / "model_0000003.pth", weights_only=False)["model"]
     assert all(bool(torch.isfinite(v.float()).all()) for v in state.values())
 
 
-def test_nan_loss_stops_with_iteration_and_loss_terms(out_dir):
-    out, _ = out_dir
+@pytest.fixture
+def fresh_out_dir(out_dir):
+    """An OUTPUT_DIR next to `out_dir` that holds no run (training into `out_dir` is refused)."""
+    return out_dir[0].parent / "fresh"
+
+
+def test_nan_loss_stops_with_iteration_and_loss_terms(fresh_out_dir):
+    out = fresh_out_dir
     message = train_with_fault(out, lambda m: m.head.cls_score.bias.fill_(math.nan), False)
     assert "iteration=5" in message and "loss_fcos_cls" in message and "loss_fcos_loc" in message
     assert str(out / "model_0000003.pth") in message
     assert_only_good_checkpoints(out)
 
 
-def test_collapsed_lsq_step_stops_naming_the_quantizer(out_dir):
-    out, _ = out_dir
+def test_collapsed_lsq_step_stops_naming_the_quantizer(fresh_out_dir):
+    out = fresh_out_dir
     message = train_with_fault(
         out, lambda m: m.head.cls_score.weight_quantizer.step.fill_(-0.01), True)
     assert "iteration 4" in message and "head.cls_score.weight_quantizer (min -0.01)" in message

@@ -191,8 +191,7 @@ def model_cost(run):
     weights at their trained bits, BOPs = MACs x W bits x A bits per test-size image); ["-", "-"]
     for a config that builds no RetinaNet/FCOS."""
     path = os.path.join(os.path.dirname(run["path"]), "config.yaml")
-    with open(path) as f:
-        arch = (yaml.safe_load(f).get("MODEL") or {}).get("META_ARCHITECTURE")
+    arch = ((read_yaml(path) or {}).get("MODEL") or {}).get("META_ARCHITECTURE")
     if arch not in ("RetinaNet", "FCOS"):
         return ["-", "-"]
     from ..export.report import config_cost

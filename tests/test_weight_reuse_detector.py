@@ -31,7 +31,7 @@ def test_retinanet_head_convs_quantize_their_weight_once_per_forward(cfg_loader)
     reuse = convert_to_quantization(build_model(cfg), cfg).train()
     plain = copy.deepcopy(reuse)
     plain.reuse_quantized_weights = False
-    batch = make_batch(num_images=2, size=64)
+    batch = make_batch(num_images=1, size=64)
     reuse_calls, plain_calls = weight_quantizer_calls(reuse), weight_quantizer_calls(plain)
     with EventStorage(0):
         reused, recomputed = reuse(batch), plain(batch)

@@ -110,14 +110,15 @@ def example_images(cfg, batch=1):
 
 
 def export_detector(model, path, part="detector", int4=True, fold_bn=True, int_bias=True,
-                    example=None, opset=None):
+                    example=None, opset=None, positive_scales=False):
     """Export `model` (eval mode, quantized or float) to ONNX at `path` (None: don't save).
 
     Returns an ExportResult. The batch size and image size are dynamic.
     """
     from .onnx_graph import export_module
 
-    export_model, log = prepare_export(model, fold_bn=fold_bn, int_bias=int_bias, int4=int4)
+    export_model, log = prepare_export(model, fold_bn=fold_bn, int_bias=int_bias, int4=int4,
+                                       positive_scales=positive_scales)
     network = DenseNetwork(export_model, part).eval()
     if example is None:
         example = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))

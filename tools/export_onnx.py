@@ -38,6 +38,10 @@ def parse_args(argv=None):
                    help="fold a negative BN gain by negating integer codes, not into a negative "
                         "weight scale; BN stays where a negated code does not fit (for runtimes "
                         "that reject negative scales)")
+    p.add_argument("--float-weights-for-float-convs", action="store_true",
+                   help="8-bit convs that onnxruntime cannot run as integer kernels (output into an "
+                        "Add, several quantizers, a float layer, or a graph output) store their weights "
+                        "dequantized: same weight values, FP32 speed for those convs, a larger file")
     p.add_argument("--float-bias", action="store_true",
                    help="keep 8-bit layers' biases float (default INT32, as integer kernels need)")
     p.add_argument("--check-ap", action="store_true",
@@ -84,10 +88,12 @@ def main(argv=None):
     start = time.time()
     result = export_detector(model, output, part=args.part, int4=not args.no_int4,
                              fold_bn=not args.no_fold_bn, int_bias=not args.float_bias,
-                             example=images[:1], positive_scales=args.positive_weight_scales)
+                             example=images[:1], positive_scales=args.positive_weight_scales,
+                             float_weights_for_float_convs=args.float_weights_for_float_convs)
     report = {"config": args.config_file, "weights": cfg.MODEL.WEIGHTS, "onnx": output,
               "part": args.part, "int4": not args.no_int4, "fold_bn": not args.no_fold_bn,
               "positive_weight_scales": args.positive_weight_scales,
+              "float_weights_for_float_convs": args.float_weights_for_float_convs,
               "export_seconds": round(time.time() - start, 1),
               "onnx_bytes": os.path.getsize(output), "nodes": count_ops(result.proto),
               "opset": max(i.version for i in result.proto.opset_import if i.domain in ("", "ai.onnx")),

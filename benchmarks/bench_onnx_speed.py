@@ -5,7 +5,9 @@
     python benchmarks/bench_onnx_speed.py --weights fcos_w8a8.pth --size 512 --rounds 15
 
 The FP32 model is the same detector with BN folded and no quantizer; the W8A8 model is the LSQ
-W8A8 export (8-bit QDQ, INT32 biases), the 4-bit one the W4A4 INT4 export. Without --weights
+W8A8 export (8-bit QDQ, INT32 biases, predictors quantized), the 4-bit one the W4A4 INT4 export.
+`--float-weights` adds the W8A8 export whose convs without an integer kernel keep float weights,
+`--float-predictors` the W8A8 model with the QAT recipe's float predictors. Without --weights
 the detector has random weights and its quantizers are calibrated on a few random images: speed
 does not depend on the values. Timing: `--rounds` rounds, each running every model
 `--runs` times back to back in turn (so load from other processes hits all models alike);

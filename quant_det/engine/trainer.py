@@ -22,7 +22,7 @@ from detectron2.solver.build import (get_default_optimizer_params, maybe_add_gra
 from detectron2.utils import comm
 
 from ..checkpoint import QuantDetCheckpointer
-from ..convert import convert_to_quantization
+from ..convert import QuantizationSpec, apply_quantization
 from ..quantizers import Quantizer
 from .calibrate import reestimate_bn
 from .distill import attach_distillation
@@ -39,12 +39,16 @@ class Trainer(DefaultTrainer):
     """Overrides only what quant_det changes: model, train loader, checkpointer, hooks, evaluator,
     and DDP construction on CPU."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, spec=None):
         """DefaultTrainer.__init__, except that a CPU model gets DDP(device_ids=None): detectron2 0.6
-        passes device_ids=[local_rank], which torch rejects for CPU modules (torchrun on CPU)."""
+        passes device_ids=[local_rank], which torch rejects for CPU modules (torchrun on CPU).
+
+        `spec`: MODEL.QUANTIZATION as validated by the run's setup; None validates cfg's here.
+        """
         TrainerBase.__init__(self)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        model = self.build_model(cfg)
+        self.spec = spec if spec is not None else QuantizationSpec.from_config(cfg)
+        model = self.build_model(cfg, self.spec)
         self.distillation = attach_distillation(model, cfg)  # MODEL.QUANTIZATION.DISTILL
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
@@ -59,13 +63,16 @@ class Trainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())  # also creates self.checkpointer
 
     @classmethod
-    def build_model(cls, cfg):
+    def build_model(cls, cfg, spec=None):
         """detectron2's model, with the layers in MODEL.QUANTIZATION.SCOPE swapped for quantized ones
-        (on CPU, nn.SyncBatchNorm replaced by CPUSyncBatchNorm; see `cpu_sync_batchnorm`)."""
+        (on CPU, nn.SyncBatchNorm replaced by CPUSyncBatchNorm; see `cpu_sync_batchnorm`).
+
+        `spec`: the validated MODEL.QUANTIZATION (QuantizationSpec); None validates cfg's here.
+        """
         model = build_model(cfg)
         if cfg.MODEL.DEVICE == "cpu":
             cpu_sync_batchnorm(model)
-        convert_to_quantization(model, cfg)
+        apply_quantization(model, spec if spec is not None else QuantizationSpec.from_config(cfg))
         return make_loss_normalizer_global(model)
 
     @classmethod
@@ -124,7 +131,7 @@ class Trainer(DefaultTrainer):
         savers = (hooks.PeriodicCheckpointer, hooks.EvalHook)
         first = next(i for i, h in enumerate(ret) if isinstance(h, savers))
         ret.insert(first, TrainingHealthCheck(self._trainer.model, self.checkpointer))
-        if self.cfg.MODEL.QUANTIZATION.BN_REESTIMATE_ITERS > 0:  # before the final evaluation
+        if self.spec.bn_reestimate_iters > 0:  # before the final evaluation
             evals = [i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook)]
             ret.insert(evals[0] if evals else len(ret), BNReestimation())
         return ret
@@ -202,9 +209,8 @@ class BNReestimation(hooks.HookBase):
         trainer = self.trainer
         if trainer.iter < trainer.max_iter:  # train() ends with iter == max_iter only on success
             return
-        cfg = trainer.cfg
-        iters = cfg.MODEL.QUANTIZATION.BN_REESTIMATE_ITERS
-        seen = reestimate_bn(trainer.model, trainer.build_train_loader(cfg), iters)
+        iters = trainer.spec.bn_reestimate_iters
+        seen = reestimate_bn(trainer.model, trainer.build_train_loader(trainer.cfg), iters)
         logger.info(f"BatchNorm statistics re-estimated with quantization on ({seen} batches)")
         if comm.is_main_process():
             trainer.checkpointer.save("model_final")

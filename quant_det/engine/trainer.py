@@ -121,20 +121,25 @@ class Trainer(DefaultTrainer):
         self._data_sampler = getattr(self.data_loader, "resumable_sampler", None)
         extra = {"data_sampler": self._data_sampler} if self._data_sampler is not None else {}
         self.checkpointer = build_checkpointer(
-            self.cfg, self._trainer.model, trainer=weakref.proxy(self), optimizer=self.optimizer,
-            loss_normalizer=LossNormalizerState(self._trainer.model), **extra)
-        ret = super().build_hooks()
-        for h in ret:
-            if isinstance(h, hooks.PeriodicWriter):
-                h._period = self.cfg.QUANT_DET.LOG_PERIOD  # detectron2 0.6 fixes it at 20
+            self.cfg, self.model, trainer=weakref.proxy(self), optimizer=self.optimizer,
+            loss_normalizer=LossNormalizerState(self.model), **extra)
+        # detectron2 0.6 writes every 20 iterations: its writers (built by build_writers below)
+        # go into a PeriodicWriter of QUANT_DET.LOG_PERIOD instead.
+        ret = [hooks.PeriodicWriter(self.writers, period=self.cfg.QUANT_DET.LOG_PERIOD)
+               if isinstance(h, hooks.PeriodicWriter) else h for h in super().build_hooks()]
         # Before the checkpointer: a diverged step must not be saved.
         savers = (hooks.PeriodicCheckpointer, hooks.EvalHook)
         first = next(i for i, h in enumerate(ret) if isinstance(h, savers))
-        ret.insert(first, TrainingHealthCheck(self._trainer.model, self.checkpointer))
+        ret.insert(first, TrainingHealthCheck(self.model, self.checkpointer))
         if self.spec.bn_reestimate_iters > 0:  # before the final evaluation
             evals = [i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook)]
             ret.insert(evals[0] if evals else len(ret), BNReestimation())
         return ret
+
+    def build_writers(self):
+        """detectron2's writers, kept as `self.writers` for the PeriodicWriter of build_hooks."""
+        self.writers = super().build_writers()
+        return self.writers
 
     def resume_or_load(self, resume=True):
         """detectron2's resume_or_load; then restart the data stream after the consumed images."""
@@ -142,7 +147,8 @@ class Trainer(DefaultTrainer):
         sampler = self._data_sampler
         if sampler is not None and self.start_iter > 0:
             sampler.set_start(self.start_iter * self.cfg.SOLVER.IMS_PER_BATCH)
-            # SimpleTrainer created its iterator (and any worker processes) before the resume.
+            # SimpleTrainer created its iterator (and any worker processes) before the resume;
+            # detectron2 0.6 has no public way to restart it (no reset_data_loader yet).
             self._trainer._data_loader_iter = iter(self.data_loader)
             logger.info(f"data stream resumes at image {sampler.start} (seed {sampler.seed})")
 

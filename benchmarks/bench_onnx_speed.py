@@ -5,7 +5,9 @@
     python benchmarks/bench_onnx_speed.py --weights fcos_w8a8.pth --size 512 --rounds 15
 
 The FP32 model is the same detector with BN folded and no quantizer; the W8A8 model is the LSQ
-W8A8 export (8-bit QDQ, INT32 biases), the 4-bit one the W4A4 INT4 export. Without --weights
+W8A8 export (8-bit QDQ, INT32 biases, predictors quantized), the 4-bit one the W4A4 INT4 export.
+`--float-weights` adds the W8A8 export whose convs without an integer kernel keep float weights,
+`--float-predictors` the W8A8 model with the QAT recipe's float predictors. Without --weights
 the detector has random weights and its quantizers are calibrated on a few random images: speed
 does not depend on the values. Timing: `--rounds` rounds, each running every model
 `--runs` times back to back in turn (so load from other processes hits all models alike);
@@ -28,15 +30,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = "configs/digits/quant/fcos_R_18_FPN_FullBN_w8a8_ptq.yaml"
 
 
-def build(config, weights, bits, calibrate_images):
-    """(cfg, eval model) with W`bits`A`bits` LSQ (None: float), calibrated if no weights given."""
+def build(config, weights, bits, calibrate_images, skip_predictors=False):
+    """(cfg, eval model) with W`bits`A`bits` LSQ (None: float), calibrated if no weights given;
+    `skip_predictors`: the head's prediction convs stay float (the low-bit QAT recipe)."""
     from detectron2.utils.events import EventStorage
 
     from quant_det.engine.calibrate import calibrate
     from quant_det.export.detector import load_detector
 
     opts = ["MODEL.QUANTIZATION.WEIGHT.BITS", bits or 8, "MODEL.QUANTIZATION.ACT.BITS", bits or 8,
-            "MODEL.QUANTIZATION.POLICY", []]
+            "MODEL.QUANTIZATION.POLICY", [], "MODEL.QUANTIZATION.SKIP_PREDICTORS", skip_predictors]
     if bits is None:
         opts += ["MODEL.QUANTIZATION.SCOPE", []]
     cfg, model = load_detector(os.path.join(REPO, config), weights, opts)
@@ -120,6 +123,8 @@ def profile_ops(onnx_path, feed, threads, runs=5):
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             op = e["args"].get("op_name", "?")
+            if op == "DequantizeLinear":  # weights of convs left float are dequantized every run
+                op += " (weights)" if "weight_dequantize" in e["name"] else " (activations)"
             totals[op] = totals.get(op, 0) + e["dur"]
     return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
 
@@ -134,6 +139,12 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--runs", type=int, default=10, help="inferences per model per round")
     p.add_argument("--no-int4", action="store_true", help="skip the W4A4 INT4 model")
+    p.add_argument("--float-predictors", action="store_true",
+                   help="also time a W8A8 model whose prediction convs stay float (SKIP_PREDICTORS, "
+                        "the low-bit QAT recipe); the W8A8 model quantizes them, as 8-bit PTQ does")
+    p.add_argument("--float-weights", action="store_true",
+                   help="also time the W8A8 export whose convs without an integer kernel keep float "
+                        "weights (export_onnx.py --float-weights-for-float-convs)")
     p.add_argument("--profile", action="store_true", help="also print onnxruntime's per-op time")
     p.add_argument("--out", default=None, help="write the results as JSON")
     args = p.parse_args(argv)
@@ -146,10 +157,14 @@ def main(argv=None):
     feed = {"images": images.numpy()}
     tmp = tempfile.mkdtemp(prefix="bench_onnx_")
     models = {}
-    for name, bits in (("FP32", None), ("W8A8", 8)) + (() if args.no_int4 else (("W4A4 INT4", 4),)):
-        cfg, model = build(args.config_file, args.weights, bits, calib)
-        path = os.path.join(tmp, name.split()[0] + ".onnx")
-        export_detector(model, path, example=images[:1])
+    variants = [("FP32", None, False, False), ("W8A8", 8, False, False)]
+    variants += [("W8A8 float-W", 8, False, True)] if args.float_weights else []
+    variants += [("W8A8 float-pred", 8, True, False)] if args.float_predictors else []
+    variants += [] if args.no_int4 else [("W4A4 INT4", 4, False, False)]
+    for name, bits, skip, float_weights in variants:
+        cfg, model = build(args.config_file, args.weights, bits, calib, skip)
+        path = os.path.join(tmp, name.replace(" ", "_") + ".onnx")
+        export_detector(model, path, example=images[:1], float_weights_for_float_convs=float_weights)
         models[name] = path
     sessions = {name: session(path, threads=args.threads) for name, path in models.items()}
     for s in sessions.values():  # warm-up
@@ -170,7 +185,7 @@ def main(argv=None):
     print(f"onnxruntime CPU, {args.threads} thread(s), batch {args.batch} x {args.size}x{args.size}, "
           f"median of {args.rounds} rounds x {args.runs} runs; load average {load[0]:.1f} "
           f"(other processes share the {os.cpu_count()} cores: CPU time is the steadier number)")
-    print(f"{'model':12s} {'wall ms':>9s} {'CPU ms':>9s}  integer convs / float convs (why float)")
+    print(f"{'model':16s} {'wall ms':>9s} {'CPU ms':>9s}  integer convs / float convs (why float)")
     for name in sessions:
         counts, reasons = graph_summary(models[name], args.threads)
         w, c = statistics.median(wall[name]), statistics.median(cpu[name])
@@ -179,7 +194,7 @@ def main(argv=None):
         result["models"][name] = {"wall_ms": w, "cpu_ms": c, "QLinearConv": qconv, "float_conv": fconv,
                                   "float_conv_reasons": reasons, "onnx_bytes": os.path.getsize(models[name])}
         why = "; ".join(f"{v}: {k}" for k, v in reasons.items())
-        print(f"{name:12s} {w:9.2f} {c:9.2f}  {qconv} / {fconv}" + (f" ({why})" if why else ""))
+        print(f"{name:16s} {w:9.2f} {c:9.2f}  {qconv} / {fconv}" + (f" ({why})" if why else ""))
         if args.profile:
             prof = profile_ops(models[name], feed, args.threads)
             result["models"][name]["profile_us"] = prof

@@ -9,6 +9,7 @@ Which layers, and at which precision, is decided by MODEL.QUANTIZATION (see conf
     bit widths (32 = that side stays float); otherwise WEIGHT.BITS / ACT.BITS apply;
   * every SKIP and POLICY entry must match a candidate (policy_check.py): a typo is an error.
 One table logs every Conv2d/Linear of the model: what it became, or why it stayed float.
+The converted model computes each layer's quantized weight once per forward (layers/weight_reuse.py).
 """
 import logging
 import re
@@ -19,7 +20,7 @@ from tabulate import tabulate
 from torch import nn
 
 from .config import LSQ_INITS, MODES
-from .layers import QuantConv2d, QuantLinear
+from .layers import QuantConv2d, QuantLinear, enable_weight_reuse
 from .policy_check import check_entries_match
 from .quantizers import FLOAT_BITS, build_quantizer, check_bits, methods_for, resolve_levels
 
@@ -241,6 +242,8 @@ def quantize_model(model: nn.Module, spec: QuantizationSpec) -> List[Tuple[str, 
         _replace_module(model.get_submodule(parent_name), child, module, new)
         rows.append((name, kind, _describe(new.weight_quantizer), _describe(new.input_quantizer),
                      f"POLICY {rule!r}" if rule else ""))
+    if any(isinstance(m, (QuantConv2d, QuantLinear)) for m in model.modules()):
+        enable_weight_reuse(model)  # shared head convs quantize their weight once per forward
     logger.info("convert_to_quantization:\n" + tabulate(
         rows, headers=["module", "type", "weight", "activation", "note"], tablefmt="pipe"))
     return rows

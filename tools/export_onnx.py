@@ -7,6 +7,7 @@ check it in onnxruntime.
     # + --check-ap: AP of PyTorch vs onnxruntime on DATASETS.TEST (digits-det val: 300 images)
     # --no-int4: 4 bits and below as 8-bit QDQ + Clip (opset 17) for runtimes without INT4
     # --part backbone: ResNet + FPN only; --no-fold-bn: keep BatchNorm nodes
+    # --positive-weight-scales: no negative DequantizeLinear scales from BN folding
 
 Prints (and writes next to the .onnx as <name>.export.md / .json) the per-layer export log
 (what each layer's input and weight became, BN folded or why kept), the node counts, the
@@ -33,6 +34,14 @@ def parse_args(argv=None):
     p.add_argument("--no-int4", action="store_true",
                    help="store every grid in INT8/UINT8 (narrower grids clipped), opset 17")
     p.add_argument("--no-fold-bn", action="store_true", help="keep BatchNorm as separate nodes")
+    p.add_argument("--positive-weight-scales", action="store_true",
+                   help="fold a negative BN gain by negating integer codes, not into a negative "
+                        "weight scale; BN stays where a negated code does not fit (for runtimes "
+                        "that reject negative scales)")
+    p.add_argument("--float-weights-for-float-convs", action="store_true",
+                   help="8-bit convs that onnxruntime cannot run as integer kernels (output into an "
+                        "Add, several quantizers, a float layer, or a graph output) store their weights "
+                        "dequantized: same weight values, FP32 speed for those convs, a larger file")
     p.add_argument("--float-bias", action="store_true",
                    help="keep 8-bit layers' biases float (default INT32, as integer kernels need)")
     p.add_argument("--check-ap", action="store_true",
@@ -79,9 +88,12 @@ def main(argv=None):
     start = time.time()
     result = export_detector(model, output, part=args.part, int4=not args.no_int4,
                              fold_bn=not args.no_fold_bn, int_bias=not args.float_bias,
-                             example=images[:1])
+                             example=images[:1], positive_scales=args.positive_weight_scales,
+                             float_weights_for_float_convs=args.float_weights_for_float_convs)
     report = {"config": args.config_file, "weights": cfg.MODEL.WEIGHTS, "onnx": output,
               "part": args.part, "int4": not args.no_int4, "fold_bn": not args.no_fold_bn,
+              "positive_weight_scales": args.positive_weight_scales,
+              "float_weights_for_float_convs": args.float_weights_for_float_convs,
               "export_seconds": round(time.time() - start, 1),
               "onnx_bytes": os.path.getsize(output), "nodes": count_ops(result.proto),
               "opset": max(i.version for i in result.proto.opset_import if i.domain in ("", "ai.onnx")),

@@ -12,6 +12,7 @@ and returns the head's raw per-level outputs (`logits_p3`, ..., `deltas_p3`, ...
 `centerness_p3`, ...). Box decoding and NMS stay outside, as in detectron2's own export:
 `OnnxDetector` runs them with the detector's own `forward_inference`.
 """
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -110,22 +111,35 @@ def example_images(cfg, batch=1):
 
 
 def export_detector(model, path, part="detector", int4=True, fold_bn=True, int_bias=True,
-                    example=None, opset=None):
+                    example=None, opset=None, positive_scales=False, float_weights_for_float_convs=False):
     """Export `model` (eval mode, quantized or float) to ONNX at `path` (None: don't save).
 
     Returns an ExportResult. The batch size and image size are dynamic.
+    `float_weights_for_float_convs`: 8-bit convs that onnxruntime cannot run as integer kernels
+    get float weights (same values; see `ort_kernels.store_float_weights`), listed in the
+    model's `quant_det.float_weight_convs` metadata.
     """
-    from .onnx_graph import export_module
+    import onnx
 
-    export_model, log = prepare_export(model, fold_bn=fold_bn, int_bias=int_bias, int4=int4)
+    from .onnx_graph import export_module
+    from .ort_kernels import store_float_weights
+
+    export_model, log = prepare_export(model, fold_bn=fold_bn, int_bias=int_bias, int4=int4,
+                                       positive_scales=positive_scales)
     network = DenseNetwork(export_model, part).eval()
     if example is None:
         example = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
     names = network.output_names()
     dynamic = {"images": {0: "batch", 2: "height", 3: "width"}}
     dynamic.update({n: {0: "batch", 2: f"h_{n}", 3: f"w_{n}"} for n in names})
-    proto, layer_outputs = export_module(network, (example,), path, ["images"], names, int4=int4,
+    proto, layer_outputs = export_module(network, (example,), None, ["images"], names, int4=int4,
                                          log_rows=log, dynamic_axes=dynamic, opset=opset)
+    if float_weights_for_float_convs:
+        entry = proto.metadata_props.add()
+        entry.key = "quant_det.float_weight_convs"
+        entry.value = json.dumps(store_float_weights(proto))
+    if path:
+        onnx.save(proto, path)
     log = [row for row in log if row[0] in layer_outputs]  # --part backbone: no head rows
     return ExportResult(proto, log, layer_outputs, ["images"], names, network)
 

@@ -10,7 +10,7 @@ Placeholders (custom domain "quant_det", removed before the model is saved):
   Mark(y){layer, role}                     -> removed; records the tensor holding a layer's input/output
 
 `ExportLayer` replaces a QuantConv2d/QuantLinear; BatchNorm folding happens at construction
-(see `fold.py` for when it is refused).
+(see `prepare.py` for when it is refused).
 """
 from typing import List, Optional
 

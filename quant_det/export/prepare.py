@@ -9,11 +9,14 @@ is folded into it:
     sharing the integer weight codes, each with its own folded scale and bias.
 
 Folding with BN gain k = gamma / sqrt(var + eps) (per output channel) and shift beta - mean * k:
-  * uniform integer weights (codes * scale): the codes stay, the scale becomes scale * |k| (so a
-    per-tensor weight scale becomes per-channel) and codes of channels with k < 0 are negated;
-    this is the weight quantizer re-applied to the folded weight W * k with step s * |k|, and it
-    reproduces conv(x, Q(W)) * k exactly. Refused (BN kept) when a negated code leaves its
-    integer container (e.g. -8 in INT4).
+  * uniform integer weights (codes q, scale s): the codes stay and the scale becomes s * k per
+    output channel (a per-tensor scale becomes per-channel). This is exact:
+    BN(conv(x, s q)) = conv(x, (s k) q) + shift, with the same integers q, so the folded layer
+    computes the same quantized result (up to float32 rounding of s * k). k < 0 gives a negative
+    DequantizeLinear scale (onnxruntime accepts it, also in its QLinearConv fusion).
+    `positive_scales=True` (for runtimes that reject negative scales) negates the codes of
+    channels with k < 0 instead and keeps BN when a negated code leaves its integer container
+    (e.g. -8 in INT4).
   * float weights: W * k.
   * LQ-Net level weights: refused, BN kept (the learned level set would become per channel).
   * GroupNorm and other norms: kept (nothing to fold).
@@ -61,22 +64,26 @@ def cycle_bn_factors(cycle, level):
     return k, shift
 
 
-def _fold_uniform(spec, k, int4=True):
-    """Fold gain k [O] into a UniformWeight; returns (new spec, None) or (None, reason)."""
-    sign = torch.sign(k)
-    codes = spec.codes * sign.view((-1,) + (1,) * (spec.codes.dim() - 1)).to(spec.codes.dtype)
-    box = container(spec.lo, spec.hi, int4)  # the container of the unfolded codes
-    lo, hi = RANGES[box]
-    if codes.min().item() < lo or codes.max().item() > hi:
-        return None, (f"kept: a channel with negative BN gain has code {spec.lo}, whose negation "
-                      f"leaves {box.upper()}")
-    scale = spec.scale.double().expand(k.shape) * k.abs()
-    scale = torch.where(k == 0, spec.scale.double().expand(k.shape), scale)
+def _fold_uniform(spec, k, int4=True, positive_scales=False):
+    """Fold gain k [O] into a UniformWeight; returns (new spec, log note) or (None, reason kept)."""
+    view = (-1,) + (1,) * (spec.codes.dim() - 1)
+    negative = k < 0
+    codes, scale = spec.codes, spec.scale.double().expand(k.shape) * k
+    note = f"folded ({int(negative.sum())} channels with negative scale)" if negative.any() else "folded"
+    if positive_scales and negative.any():
+        codes = codes * torch.where(negative, -1, 1).view(view).to(codes.dtype)
+        box = container(spec.lo, spec.hi, int4)  # the container of the unfolded codes
+        lo, hi = RANGES[box]
+        if codes.min().item() < lo or codes.max().item() > hi:
+            return None, (f"kept: a channel with negative BN gain has code {spec.lo}, whose negation "
+                          f"leaves {box.upper()} (positive scales asked)")
+        scale = scale.abs()
+        note = f"folded (codes of {int(negative.sum())} channels negated)"
     # lo/hi stay those of the grid: they choose the container, which the codes fit (checked above)
-    return UniformWeight(codes, scale.float(), spec.lo, spec.hi, spec.method, spec.bits, spec.note), None
+    return UniformWeight(codes, scale.float(), spec.lo, spec.hi, spec.method, spec.bits, spec.note), note
 
 
-def _make_layer(name, layer, fold, int_bias, int4, norm, activation):
+def _make_layer(name, layer, fold, int_bias, int4, norm, activation, positive_scales):
     """ExportLayer for `layer`, folding `fold` = (k, shift) if given; returns (module, log row)."""
     quantized = isinstance(layer, (QuantConv2d, QuantLinear))
     act = act_spec(layer.input_quantizer) if quantized else None
@@ -85,23 +92,23 @@ def _make_layer(name, layer, fold, int_bias, int4, norm, activation):
         raise NotExportable(f"{name}: float weight with STANDARDIZE")
     bias = layer.bias.detach().double() if layer.bias is not None else None
     float_weight = layer.weight.detach() if wspec is None else None
-    bn_note = "-"
+    bn_note, fold_note = "-", "folded"
     if fold is not None:
         k, shift = fold
         if isinstance(wspec, LevelWeight):
             bn_note = "kept: LQ-Net level set would become per-channel"
             fold = None
         elif isinstance(wspec, UniformWeight):
-            folded, why = _fold_uniform(wspec, k, int4)
+            folded, why = _fold_uniform(wspec, k, int4, positive_scales)
             if folded is None:
                 bn_note, fold = why, None
             else:
-                wspec = folded
+                wspec, fold_note = folded, why
         else:
             float_weight = (float_weight.double() * k.view((-1,) + (1,) * (float_weight.dim() - 1))).float()
         if fold is not None:
             bias = (bias * k if bias is not None else 0) + shift
-            norm, bn_note = None, "folded"
+            norm, bn_note = None, fold_note
     elif norm is not None:
         bn_note = (f"kept: {type(norm).__name__} does not fold" if bn_factors(norm) is None
                    else "kept (folding off)")
@@ -121,11 +128,12 @@ def _replace(parent, child, old, new):
             value[:] = [new if item is old else item for item in value]
 
 
-def prepare_export(model, fold_bn=True, int_bias=True, int4=True):
+def prepare_export(model, fold_bn=True, int_bias=True, int4=True, positive_scales=False):
     """Return (export copy of `model` in eval mode, log rows [LOG_COLUMNS]).
 
     `model` itself is not modified. Raises NotExportable naming the layer if a quantizer has no
-    exact exported form.
+    exact exported form. `positive_scales`: fold a negative BN gain by negating codes, never into
+    a negative weight scale (see the module docstring).
     """
     model = copy.deepcopy(model).eval()
     rows = []
@@ -144,10 +152,11 @@ def prepare_export(model, fold_bn=True, int_bias=True, int4=True):
             levels, level_rows = [], []
             for level in range(len(norm)):
                 layer, row = _wrap(name, conv, cycle_bn_factors(norm, level), int_bias, int4,
-                                   getattr(conv, "norm", None), getattr(conv, "activation", None))
+                                   getattr(conv, "norm", None), getattr(conv, "activation", None),
+                                   positive_scales)
                 levels.append(layer)
                 level_rows.append(row)
-            if any(r[4] != "folded" for r in level_rows):
+            if not all(r[4].startswith("folded") for r in level_rows):
                 continue  # one level refuses: keep the CycleBatchNormList (handled below)
             codes = getattr(levels[0], "weight_codes", None)
             for layer in levels[1:]:  # one integer weight for all levels, per-level scales
@@ -156,7 +165,10 @@ def prepare_export(model, fold_bn=True, int_bias=True, int4=True):
             setattr(seq, cname, CycleExportLayer(levels))
             setattr(seq, nname, nn.Identity())
             row = level_rows[0]
-            row[4] = f"folded per level ({len(norm)} CycleBatchNormList levels, shared codes)"
+            shared = all(layer.weight_codes is codes for layer in levels[1:]) if codes is not None else False
+            notes = sorted({r[4] for r in level_rows} - {"folded"})
+            row[4] = (f"folded per level ({len(norm)} CycleBatchNormList levels"
+                      + (", shared codes" if shared else "") + ")" + ("; " + "; ".join(notes) if notes else ""))
             rows.append(row)
             done.add(name)
     # 2. Every other Conv2d / Linear (BN inside detectron2's Conv2d folded).
@@ -166,15 +178,15 @@ def prepare_export(model, fold_bn=True, int_bias=True, int4=True):
         norm = getattr(layer, "norm", None)
         fold = bn_factors(norm) if (fold_bn and norm is not None) else None
         new, row = _wrap(name, layer, fold, int_bias, int4, norm,
-                         getattr(layer, "activation", None))
+                         getattr(layer, "activation", None), positive_scales)
         parent_name, _, child = name.rpartition(".")
         _replace(model.get_submodule(parent_name), child, layer, new)
         rows.append(row)
     return model, rows
 
 
-def _wrap(name, layer, fold, int_bias, int4, norm, activation):
+def _wrap(name, layer, fold, int_bias, int4, norm, activation, positive_scales):
     try:
-        return _make_layer(name, layer, fold, int_bias, int4, norm, activation)
+        return _make_layer(name, layer, fold, int_bias, int4, norm, activation, positive_scales)
     except NotExportable as e:
         raise NotExportable(f"{name}: {e}") from None

@@ -9,12 +9,16 @@ with W = weight, or, if `standardize_weight` (the original fork's wt_adaptive "v
 W = (weight - mean) / std with mean/std (unbiased) per output channel when the weight quantizer
 is per-channel and over the whole tensor otherwise, computed without gradient like the original.
 
-With both quantizers of method "none" the output is bit-identical to the float layer.
+With both quantizers of method "none" the output is bit-identical to the float layer. Within one
+forward of a converted model, a layer called several times (the shared heads) quantizes its weight
+once (`weight_reuse.py`).
 """
 import torch
 from detectron2.layers import Conv2d
 from torch import nn
 from torch.nn import functional as F
+
+from .weight_reuse import reuse_in_scope
 
 
 def standardize(weight: torch.Tensor, per_channel: bool) -> torch.Tensor:
@@ -44,6 +48,11 @@ class _QuantBits:
         self.standardize_weight = standardize_weight
 
     def quantized_weight(self) -> torch.Tensor:
+        """weight_quantizer(W); computed once per forward of a model with weight reuse on
+        (`weight_reuse.py`: a head conv shared over the FPN levels runs its quantizer once)."""
+        return reuse_in_scope(self, self._quantize_weight)
+
+    def _quantize_weight(self) -> torch.Tensor:
         w = self.weight
         if self.standardize_weight:
             w = standardize(w, getattr(self.weight_quantizer, "per_channel", False))

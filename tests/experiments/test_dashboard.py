@@ -170,3 +170,31 @@ def test_differences_to_parent_and_control_and_superseded_rows(tmp_path):
     plot = tmp_path / "ap.png"
     dashboard.plot_ap_vs_bits(records, str(plot))
     assert plot.stat().st_size > 1000
+
+
+def test_ablation_rows_are_points_not_joined_into_the_sweep_line(tmp_path):
+    root = tmp_path / "lowbit"
+    fp32 = {"task": "FCOS", "quant": "FP32", "bits": "32/32", "variant": "Full-BN"}
+    write_run(root, "parent", fp32, 50.0, 70.0, 55.0)
+    write_run(root, "ctrl", dict(fp32, comment="control"), 52.0, 72.0, 57.0, init_from="parent")
+    lsq = {"task": "FCOS", "quant": "LSQ", "variant": "Full-BN", "control": "ctrl"}
+    write_run(root, "w4a4", dict(lsq, bits="4/4"), 52.5, 70.0, 55.0, init_from="parent")
+    write_run(root, "w2a2", dict(lsq, bits="2/2"), 46.0, 70.0, 55.0, init_from="parent")
+    write_run(root, "w2a2_base", dict(lsq, bits="2/2", comment="ablation: knobs reverted"),
+              37.0, 60.0, 40.0, init_from="parent")
+    lines, ablations = dashboard.plot_series(dashboard.collect_runs([str(root)]), "FCOS")
+    assert sorted(lines[("Full-BN", "LSQ", "", "lowbit", None, "control")]) == [(2, -6.0), (4, 0.5)]
+    assert sorted(lines[("Full-BN", "LSQ", "", "lowbit", None, "parent")]) == [(2, -4.0), (4, 2.5)]
+    assert sorted(ablations) == [(2, -15.0, "LSQ", "control"), (2, -13.0, "LSQ", "parent")]
+
+
+def test_rows_of_different_training_length_get_separate_plot_lines(tmp_path):
+    root = tmp_path / "lowbit"
+    write_run(root, "parent", {"task": "FCOS", "quant": "FP32", "bits": "32/32"}, 50.0, 70.0, 55.0)
+    for name, iters, ap in (("short", 500, 45.0), ("long", 1500, 49.0)):
+        run_dir = write_run(root, name, {"task": "FCOS", "quant": "LSQ", "bits": "2/2"}, ap, 70.0,
+                            55.0, init_from="parent").parent
+        (run_dir / "config.yaml").write_text(yaml.safe_dump({"SOLVER": {"MAX_ITER": iters}}))
+    lines, _ = dashboard.plot_series(dashboard.collect_runs([str(root)]), "FCOS")
+    assert lines[("", "LSQ", "", "lowbit", 500, "parent")] == [(2, -5.0)]
+    assert lines[("", "LSQ", "", "lowbit", 1500, "parent")] == [(2, -1.0)]

@@ -8,6 +8,7 @@ from detectron2.layers import Conv2d
 from torch import nn
 
 from quant_det.export import NotExportable, prepare_export
+from quant_det.export.prepare import bn_factors
 from quant_det.layers import QuantConv2d
 from quant_det.quantizers import build_quantizer
 
@@ -86,22 +87,27 @@ def test_lsq_qdq_nodes_and_onnxruntime_parity(bits, per_channel):
 
 
 @pytest.mark.parametrize("bits", [8, 4, 2])
-def test_folded_export_matches_onnxruntime_and_keeps_codes(bits):
+def test_bn_folding_keeps_codes_and_leaves_quantized_outputs_unchanged(bits):
+    """Per-tensor weights, one negative-gain channel holding the most negative code: the folded
+    layer keeps the same integers with a per-channel scale s * k (negative for that channel), and
+    the whole quantized net's output (after the next quantizer) does not move."""
     net = tiny_net("lsq", "lsq", bits, bits, per_channel=False)
+    with torch.no_grad():
+        net[0].weight[0, 0, 0, 0] = -100.0  # code -Qn in the negative-gain channel 0
     x = torch.randn(2, 3, 12, 12)
-    em, rows, proto, y_export, y_torch = export(net, x, fold_bn=True)
+    em, rows, proto, y_export, y_torch = export(net, x, fold_bn=True, int_bias=False)
     assert "BatchNormalization" not in count_ops(proto)
-    assert rows[0][4] in ("folded", "kept: a channel with negative BN gain has code -8, whose negation leaves INT4",
-                          "kept: a channel with negative BN gain has code -128, whose negation leaves INT8") or bits == 2
-    layer = em[0]
-    if rows[0][4] == "folded":  # per-tensor weight scale became per-channel; codes unchanged up to sign
-        assert layer.weight_scale.shape == (8,)
-        original = torch.round(net[0].quantized_weight() / net[0].weight_quantizer.step)
-        sign = torch.sign(net[0].norm.weight).view(-1, 1, 1, 1)
-        assert torch.equal(layer.weight_codes.float(), original * sign)
-    np.testing.assert_allclose(run_ort(proto, x), y_export.numpy(), atol=1e-5)
-    # folding is exact in real arithmetic; in float32 it may flip a rounding of the next quantizer
-    assert np.abs(y_export.numpy() - y_torch.numpy()).max() <= 0.05 * np.abs(y_torch.numpy()).max()
+    assert rows[0][4] == "folded (1 channels with negative scale)"
+    layer, q = em[0], net[0].weight_quantizer
+    original = torch.round(net[0].quantized_weight() / q.step)
+    assert original[0].min().item() == -q.bounds()[0]
+    assert torch.equal(layer.weight_codes.float(), original)  # the same integers
+    k, _ = bn_factors(net[0].norm)
+    torch.testing.assert_close(layer.weight_scale, (q.step.double() * k).float())
+    assert layer.weight_scale[0].item() < 0
+    tol = 1e-5 * y_torch.abs().max().item()
+    assert np.abs(y_export.numpy() - y_torch.numpy()).max() <= tol
+    assert np.abs(run_ort(proto, x) - y_torch.numpy()).max() <= tol
 
 
 def test_8bit_bias_is_int32_with_scale_act_times_weight():
@@ -117,16 +123,21 @@ def test_8bit_bias_is_int32_with_scale_act_times_weight():
     np.testing.assert_allclose(run_ort(proto, x), y_export.numpy(), atol=1e-5)
 
 
-def test_negative_gain_on_min_code_keeps_bn_and_says_so():
+def test_positive_scales_negate_codes_or_keep_bn_and_say_so():
     net = tiny_net("lsq", "lsq", 4, 4, per_channel=True)
+    x = torch.randn(2, 3, 12, 12)
+    em, rows = prepare_export(net, positive_scales=True)
+    assert rows[0][4] == "folded (codes of 1 channels negated)" and (em[0].weight_scale > 0).all()
     with torch.no_grad():  # make channel 0 hit code -8 and give it a negative BN gain
         net[0].weight[0, 0, 0, 0] = -100.0
         net[0].norm.weight[0] = -1.0
-    x = torch.randn(2, 3, 12, 12)
-    _, rows, proto, y_export, y_torch = export(net, x, fold_bn=True)
-    assert rows[0][4] == "kept: a channel with negative BN gain has code -8, whose negation leaves INT4"
+    em, rows = prepare_export(net, positive_scales=True)
+    assert rows[0][4] == ("kept: a channel with negative BN gain has code -8, whose negation "
+                          "leaves INT4 (positive scales asked)")
+    proto, _ = export_module(em, (x,), None, ["x"], ["y"], log_rows=rows)
     assert count_ops(proto)["BatchNormalization"] == 1
-    np.testing.assert_allclose(run_ort(proto, x), y_torch.numpy(), atol=1e-5)
+    with torch.no_grad():
+        np.testing.assert_allclose(run_ort(proto, x), net(x).numpy(), atol=1e-5)
 
 
 @pytest.mark.parametrize("bits", [4, 2])

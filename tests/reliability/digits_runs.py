@@ -17,7 +17,9 @@ CONFIG = os.path.join(REPO, "configs/digits/quant/fcos_R_18_FPN_w4a4_lsq.yaml")
 SMALL = ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "2", "SOLVER.STEPS", "()",
          "SOLVER.BASE_LR", "0.01", "DATALOADER.NUM_WORKERS", "0", "QUANT_DET.LOG_PERIOD", "1",
          "MODEL.FPN.OUT_CHANNELS", "64", "MODEL.FCOS.NUM_CONVS", "1",
-         "MODEL.FCOS.SCORE_THRESH_TEST", "0.01", "SEED", "3"]
+         "MODEL.FCOS.SCORE_THRESH_TEST", "0.01", "SEED", "3",
+         # trained from scratch: there is no FP32 parent to distil from
+         "MODEL.QUANTIZATION.DISTILL.WEIGHT", "0.0"]
 
 
 def make_small_digits(root):

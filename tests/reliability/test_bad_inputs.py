@@ -195,7 +195,7 @@ def test_nan_loss_stops_with_iteration_and_loss_terms(fresh_out_dir):
 def test_collapsed_lsq_step_stops_naming_the_quantizer(fresh_out_dir):
     out = fresh_out_dir
     message = train_with_fault(
-        out, lambda m: m.head.cls_score.weight_quantizer.step.fill_(-0.01), True)
-    assert "iteration 4" in message and "head.cls_score.weight_quantizer (min -0.01)" in message
+        out, lambda m: m.head.cls_subnet[0].weight_quantizer.step.fill_(-0.01), True)
+    assert "iteration 4" in message and "head.cls_subnet.0.weight_quantizer (min -0.01)" in message
     assert str(out / "model_0000003.pth") in message
     assert_only_good_checkpoints(out)

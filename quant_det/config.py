@@ -9,8 +9,6 @@ Example:
 """
 from detectron2.config import CfgNode as CN
 
-WEIGHT_METHODS = ("none", "dorefa", "lsq", "lqnet", "xnor", "ternary")
-ACT_METHODS = ("none", "dorefa", "pact", "lsq", "lqnet")
 MODES = ("qat", "calibrate", "eval")
 LSQ_INITS = ("paper", "mse")
 FPN_RELU_PLACEMENTS = ("output", "fork", "all_convs")
@@ -101,7 +99,8 @@ def add_quantization_config(cfg):
     # Never when resuming. False | True.
     q.REINIT_MISMATCHED = False
     q.WEIGHT = CN()
-    # One of WEIGHT_METHODS: "none" | "dorefa" | "lsq" | "lqnet" | "xnor" (binary) | "ternary".
+    # A method registered for weights in quant_det/quantizers (`methods_for("weight")`):
+    # "none" | "dorefa" | "lsq" | "lqnet" | "xnor" (binary) | "ternary".
     q.WEIGHT.METHOD = "none"
     # Bit width, 1..8.
     q.WEIGHT.BITS = 4
@@ -114,7 +113,8 @@ def add_quantization_config(cfg):
     # the whole tensor, computed without gradient. False | True.
     q.WEIGHT.STANDARDIZE = False
     q.ACT = CN()
-    # One of ACT_METHODS: "none" | "dorefa" | "pact" | "lsq" | "lqnet".
+    # A method registered for activations in quant_det/quantizers (`methods_for("act")`):
+    # "none" | "dorefa" | "pact" | "lsq" | "lqnet".
     q.ACT.METHOD = "none"
     # Bit width, 1..8.
     q.ACT.BITS = 4

@@ -19,24 +19,16 @@ from typing import List, Optional, Tuple
 from tabulate import tabulate
 from torch import nn
 
-from .config import ACT_METHODS, LSQ_INITS, MODES, WEIGHT_METHODS
+from .config import LSQ_INITS, MODES
 from .layers import QuantConv2d, QuantLinear, enable_weight_reuse
 from .policy_check import check_entries_match
-from .quantizers import build_quantizer
+from .quantizers import FLOAT_BITS, build_quantizer, check_bits, methods_for, resolve_levels
 
 logger = logging.getLogger(__name__)
 KEY = "MODEL.QUANTIZATION"
-FLOAT_BITS = 32
 # Last name component of the RetinaNet/FCOS prediction convs (plain nn.Conv2d, no norm after them):
 # class logits, box deltas, FCOS centerness. Kept float by MODEL.QUANTIZATION.SKIP_PREDICTORS.
 PREDICTOR_NAMES = ("cls_score", "bbox_pred", "ctrness")
-
-
-def _check_bits(key, bits, allow_float=False):
-    ok = isinstance(bits, int) and (1 <= bits <= 8 or (allow_float and bits == FLOAT_BITS))
-    if not ok:
-        allowed = "an int in 1..8" + (" or 32 (full precision)" if allow_float else "")
-        raise ValueError(f"{key}={bits!r} is invalid: allowed {allowed}")
 
 
 def _check_method(key, method, allowed):
@@ -53,7 +45,12 @@ def _compile(key, pattern):
 
 @dataclass(frozen=True)
 class QuantizationSpec:
-    """Validated MODEL.QUANTIZATION; `QuantizationSpec.from_config(cfg)` raises on bad values."""
+    """Validated MODEL.QUANTIZATION; `QuantizationSpec.from_config(cfg)` raises on bad values.
+
+    A run validates once, in `tools/train_net.py`'s setup, and passes the spec on (e.g.
+    `Trainer(cfg, spec)`); `convert_to_quantization(model, cfg)` validates for callers that
+    start from a cfg.
+    """
 
     scope: Tuple[str, ...] = ()
     skip: Tuple[str, ...] = ()
@@ -109,21 +106,16 @@ class QuantizationSpec:
             if not (isinstance(entry, tuple) and len(entry) == 3 and isinstance(entry[0], str)):
                 raise ValueError(f"{key}={entry!r} is malformed: expected [regex, weight_bits, act_bits]")
             _compile(key, entry[0])
-            _check_bits(f"{key} weight_bits", entry[1], allow_float=True)
-            _check_bits(f"{key} act_bits", entry[2], allow_float=True)
+            check_bits(entry[1], allow_float=True, name=f"{key} weight_bits")
+            check_bits(entry[2], allow_float=True, name=f"{key} act_bits")
         _check_method(f"{KEY}.MODE", self.mode, MODES)
         if not isinstance(self.calib_iters, int) or self.calib_iters < 1:
             raise ValueError(f"{KEY}.CALIB_ITERS={self.calib_iters!r}: allowed an int >= 1")
-        _check_method(f"{KEY}.WEIGHT.METHOD", self.weight_method, WEIGHT_METHODS)
-        _check_method(f"{KEY}.ACT.METHOD", self.act_method, ACT_METHODS)
-        _check_bits(f"{KEY}.WEIGHT.BITS", self.weight_bits)
-        _check_bits(f"{KEY}.ACT.BITS", self.act_bits)
+        _check_method(f"{KEY}.WEIGHT.METHOD", self.weight_method, methods_for("weight"))
+        _check_method(f"{KEY}.ACT.METHOD", self.act_method, methods_for("act"))
         for side, bits, levels in (("WEIGHT", self.weight_bits, self.weight_levels),
                                    ("ACT", self.act_bits, self.act_levels)):
-            if not isinstance(levels, int) or not (levels == 0 or 2 <= levels <= 2 ** bits):
-                raise ValueError(
-                    f"{KEY}.{side}.LEVELS={levels!r} is inconsistent with {KEY}.{side}.BITS={bits}: "
-                    f"allowed 0 (= 2**BITS) or 2..{2 ** bits}")
+            resolve_levels(bits, levels, name=f"{KEY}.{side}.LEVELS", bits_name=f"{KEY}.{side}.BITS")
 
         self._check_training_keys()
         self._check_buildable()
@@ -206,7 +198,13 @@ def convert_to_quantization(model: nn.Module, cfg) -> nn.Module:
     Example:
         model = convert_to_quantization(build_model(cfg), cfg)
     """
-    spec = QuantizationSpec.from_config(cfg)
+    return apply_quantization(model, QuantizationSpec.from_config(cfg))
+
+
+def apply_quantization(model: nn.Module, spec: QuantizationSpec) -> nn.Module:
+    """`convert_to_quantization` for a spec validated earlier (a run validates MODEL.QUANTIZATION
+    once, in setup, and passes the spec on): swap in place, set `model.quantization_table`,
+    return `model`."""
     model.quantization_table = quantize_model(model, spec) if spec.enabled else []
     return model
 

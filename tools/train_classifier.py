@@ -18,9 +18,9 @@ import sys
 
 import torch
 
-from quant_det.config import ACT_METHODS, WEIGHT_METHODS
 from quant_det.convert import QuantizationSpec
 from quant_det.experiments.classifier import DEFAULTS, SCOPE, train_classifier
+from quant_det.quantizers import methods_for
 
 
 def parse_args(argv=None):
@@ -36,9 +36,9 @@ def parse_args(argv=None):
     p.add_argument("--size", type=int, default=DEFAULTS["size"], help="crop side in pixels")
     p.add_argument("--root", help="digits-det directory (default: $QUANT_DET_DATASETS/digits_det "
                                   "or datasets/digits_det)")
-    p.add_argument("--weight-method", default="none", choices=WEIGHT_METHODS)
+    p.add_argument("--weight-method", default="none", choices=methods_for("weight"))
     p.add_argument("--weight-bits", type=int, default=4)
-    p.add_argument("--act-method", default="none", choices=ACT_METHODS)
+    p.add_argument("--act-method", default="none", choices=methods_for("act"))
     p.add_argument("--act-bits", type=int, default=4)
     p.add_argument("--per-channel", action="store_true", help="per-output-channel weight quantizers")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's own, i.e. "

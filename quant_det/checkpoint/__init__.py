@@ -2,8 +2,8 @@
 
 Offline porting of other projects' checkpoints and configs lives in quant_det/porting/.
 """
-from .checkpointer import QuantDetCheckpointer, atomic_torch_save
-from .double_init import DoubleInitReport, load_double_init
+from .checkpointer import QuantDetCheckpointer, atomic_torch_save, load_double_init
+from .double_init import DoubleInitReport
 from .io import read_checkpoint, strip_module_prefix
 
 __all__ = [

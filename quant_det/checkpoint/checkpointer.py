@@ -1,7 +1,8 @@
 """QuantDetCheckpointer: detectron2's DetectionCheckpointer plus WEIGHT_EXTRA and atomic saves.
 
 - `resume_or_load`: resuming from `last_checkpoint` ignores WEIGHT_EXTRA; otherwise, with
-  `weight_extra` set, the model is double-initialized (extra file first, then MODEL.WEIGHTS).
+  `weight_extra` set, the model is double-initialized (`double_initialize`: extra file first,
+  then MODEL.WEIGHTS, each through the same `_load_model` as a single MODEL.WEIGHTS file).
 - `save`: the checkpoint is written to a hidden temp file in the same directory, fsync'ed and
   renamed into place; only then is `last_checkpoint` rewritten (atomically, too). A process
   killed mid-save leaves at most a `.model_*.pth.*.tmp` file, never a truncated `model_*.pth`
@@ -26,7 +27,7 @@ from typing import Any, Callable, Dict, Optional
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from .double_init import DoubleInitReport, load_double_init
+from .double_init import DoubleInitReport
 from .io import not_a_checkpoint_file, read_checkpoint, strip_module_prefix
 from .quantizer_identity import is_identity_key, resolve_quantizer_mismatches
 
@@ -163,6 +164,9 @@ class QuantDetCheckpointer(DetectionCheckpointer):
         self.double_init_report: Optional[DoubleInitReport] = None
         self._strict = False  # resuming: the file must fit the model exactly
         self._loading = ""
+        # Keys of the state dict the last `_load_model` checked; None for model-zoo files,
+        # which detectron2 renames inside its own `_load_model`.
+        self._file_keys: Optional[set] = None
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
         """Resume from `last_checkpoint` if asked and present (WEIGHT_EXTRA is then skipped);
@@ -178,11 +182,34 @@ class QuantDetCheckpointer(DetectionCheckpointer):
             finally:
                 self._strict = False
         if self.weight_extra:
-            self.double_init_report = load_double_init(
-                self.model, path, self.weight_extra, drop_mismatch=self.drop_mismatch,
-                reinit_mismatched=self.reinit_mismatched)
+            self.double_init_report = self.double_initialize(path)
             return {}
         return self.load(path, checkpointables=[])
+
+    def double_initialize(self, weights: str) -> DoubleInitReport:
+        """Load `weight_extra` into the model, then `weights` ("" = none) on top (its keys win);
+        return the report (also logged as one table).
+
+        Each file goes through `_load_model`, like a single MODEL.WEIGHTS: `check_compatible`
+        (architecture, shapes unless `drop_mismatch`, quantizer identities unless
+        `reinit_mismatched`), detectron2's model-zoo renaming and fvcore's log of missing and
+        unexpected keys. Both files are read before the model is touched, so a missing or
+        unreadable file leaves it unchanged; a WEIGHTS file that does not fit the model raises
+        after WEIGHT_EXTRA was loaded.
+        """
+        files = [("MODEL.WEIGHT_EXTRA", self.weight_extra)] + ([("MODEL.WEIGHTS", weights)] if weights else [])
+        checkpoints = [self._read(path) for _, path in files]
+        report = DoubleInitReport(weights=weights, weight_extra=self.weight_extra)
+        model_keys = list(self.model.state_dict())
+        for (key, path), checkpoint in zip(files, checkpoints):
+            self.logger.info("[Checkpointer] Loading %s from %s ...", key, path)
+            self._loading = path
+            incompatible = self._load_model(checkpoint)
+            self._log_incompatible_keys(incompatible)
+            skipped = set(incompatible.missing_keys) | {k for k, _, _ in incompatible.incorrect_shapes}
+            report.record(path, [k for k in model_keys if k not in skipped and
+                                 (self._file_keys is None or k in self._file_keys)], incompatible)
+        return report.finish(model_keys)
 
     def save(self, name: str, **kwargs: Any) -> None:
         """Write `<save_dir>/<name>.pth` atomically, then point `last_checkpoint` at it."""
@@ -207,18 +234,44 @@ class QuantDetCheckpointer(DetectionCheckpointer):
 
     def load(self, path: str, checkpointables=None) -> Dict[str, Any]:
         """As DetectionCheckpointer.load, but a missing file or a directory is an error naming it."""
-        if path and not os.path.isfile(path) and not os.path.isfile(self.path_manager.get_local_path(path)):
-            raise not_a_checkpoint_file(path)
+        if path:
+            self._local_file(path)
         self._loading = path
         return super().load(path, checkpointables=checkpointables)
+
+    def _local_file(self, path: str) -> str:
+        """`path` as a local file name; FileNotFoundError/ValueError naming it if it is none."""
+        if os.path.isfile(path):
+            return path
+        local = self.path_manager.get_local_path(path)
+        if not os.path.isfile(local):
+            raise not_a_checkpoint_file(path)
+        return local
+
+    def _read(self, path: str) -> Dict[str, Any]:
+        """The checkpoint dict of `path`, read as `load` reads it."""
+        return self._load_file(self._local_file(path))
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
         return read_checkpoint(filename, loader=super()._load_file)
 
     def _load_model(self, checkpoint: Dict[str, Any]):
+        self._file_keys = None
         if not checkpoint.get("matching_heuristics", False):  # model-zoo files are renamed later
             resolved = check_compatible(
                 self.model.state_dict(), checkpoint["model"], self._loading, strict=self._strict,
                 drop_mismatch=self.drop_mismatch, reinit=self.reinit_mismatched)
             _update_in_place(checkpoint["model"], resolved)
+            self._file_keys = set(resolved)
         return super()._load_model(checkpoint)
+
+
+def load_double_init(model, weights: str, weight_extra: str, drop_mismatch: bool = False,
+                     reinit_mismatched: bool = False) -> DoubleInitReport:
+    """Double-initialize `model` from `weight_extra`, then `weights` on top, without a run's
+    checkpointer (see `QuantDetCheckpointer.double_initialize`); return the report."""
+    if not weight_extra:
+        raise ValueError("load_double_init needs weight_extra (MODEL.WEIGHT_EXTRA); got ''")
+    checkpointer = QuantDetCheckpointer(model, save_to_disk=False, weight_extra=weight_extra,
+                                        drop_mismatch=drop_mismatch, reinit_mismatched=reinit_mismatched)
+    return checkpointer.double_initialize(weights)

@@ -1,7 +1,7 @@
 """The one checkpoint reader, and the one `module.` stripper, for every place that reads a file.
 
-MODEL.WEIGHTS and resuming (QuantDetCheckpointer), MODEL.WEIGHT_EXTRA (double_init.py), the
-digit classifier's `init` and the renaming tool (quant_det/porting/rename.py) all read through
+MODEL.WEIGHTS, MODEL.WEIGHT_EXTRA and resuming (QuantDetCheckpointer), the digit
+classifier's `init` and the renaming tool (quant_det/porting/rename.py) all read through
 `read_checkpoint`, so a missing, empty, truncated or foreign file is the same error everywhere,
 naming the file, instead of a deep unpickling traceback.
 

@@ -30,6 +30,7 @@ def init_distributed_from_env() -> int:
         ranks = list(range(machine * local_size, (machine + 1) * local_size))
         group = dist.new_group(ranks)
         if dist.get_rank() in ranks:
+            # No public setter in detectron2 0.6 (its launch() assigns this attribute the same way).
             comm._LOCAL_PROCESS_GROUP = group
     comm.synchronize()
     return world

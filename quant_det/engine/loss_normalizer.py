@@ -59,5 +59,7 @@ def make_loss_normalizer_global(model: nn.Module) -> nn.Module:
     """Replace the `_ema_update` of a DenseDetector instance (no-op for other models); return model."""
     detector = _detector(model)
     if detector is not None:
+        # No public hook: DenseDetector.losses() calls this private method of detectron2 0.6's
+        # RetinaNet and FCOS alike, and replacing it per instance covers both without subclassing.
         detector._ema_update = types.MethodType(_global_ema_update, detector)
     return model

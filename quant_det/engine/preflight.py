@@ -115,13 +115,14 @@ def check_datasets(cfg, names_by_key) -> None:
                 validate_coco_json(meta.json_file, meta.get("image_root", None), f"{key} {name!r}")
 
 
-def check_model_and_weights(cfg, resume: bool) -> None:
-    """Build the model on CPU and load what the run will load into it (see module docstring)."""
+def check_model_and_weights(cfg, spec, resume: bool) -> None:
+    """Build the model on CPU (`spec`: the validated MODEL.QUANTIZATION) and load what the run
+    will load into it (see module docstring)."""
     from .trainer import Trainer, build_checkpointer  # trainer imports detectron2's engine
 
     cpu = cfg.clone()
     cpu.defrost()
     cpu.MODEL.DEVICE = "cpu"
     cpu.freeze()
-    model = Trainer.build_model(cpu)
+    model = Trainer.build_model(cpu, spec)
     build_checkpointer(cpu, model).resume_or_load(cpu.MODEL.WEIGHTS, resume=resume)

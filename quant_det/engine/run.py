@@ -51,9 +51,16 @@ def is_eval_only(args, cfg) -> bool:
 
 
 def setup(args):
-    """Build the frozen cfg from the yaml + overrides, check everything that can be checked before
+    """detectron2's `setup(args) -> cfg`: `setup_run` without the spec (a `Trainer(cfg)` built
+    from this cfg validates MODEL.QUANTIZATION itself)."""
+    return setup_run(args)[0]
+
+
+def setup_run(args):
+    """Build the frozen cfg from the yaml + overrides, validate MODEL.QUANTIZATION (once: the
+    returned QuantizationSpec is passed on), check everything that can be checked before
     OUTPUT_DIR is touched (see preflight.py), lock and prepare OUTPUT_DIR (see output_dir.py),
-    register data sets, set up logging. The lock is held until `main` returns."""
+    register data sets, set up logging. Returns (cfg, spec). The lock is held until `main` returns."""
     cfg = get_cfg()
     add_quant_det_config(cfg)
     if not os.path.isfile(args.config_file):
@@ -68,7 +75,7 @@ def setup(args):
         cfg.merge_from_list(args.opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"  # the same yaml runs on a GPU machine and on this CPU one
-    QuantizationSpec.from_config(cfg)  # fail before any output is written
+    spec = QuantizationSpec.from_config(cfg)  # the one validation; fails before any output is written
     check_solver_keys(cfg, comm.get_world_size())
     eval_only, overwrite = is_eval_only(args, cfg), getattr(args, "overwrite", False)
     if overwrite and (args.resume or eval_only):
@@ -84,7 +91,7 @@ def setup(args):
     check_same_config(cfg)
     register_datasets_for(cfg)
     notes += on_main_process(
-        lambda: preflight(cfg, args.resume, resumes, eval_only, overwrite)) or []
+        lambda: preflight(cfg, spec, args.resume, resumes, eval_only, overwrite)) or []
     try:
         default_setup(cfg, args)
         # default_setup configures only the "detectron2" and "fvcore" loggers.
@@ -96,10 +103,10 @@ def setup(args):
     except BaseException:
         unlock_output_dir(cfg.OUTPUT_DIR)
         raise
-    return cfg
+    return cfg, spec
 
 
-def preflight(cfg, resume, resumes, eval_only, overwrite):
+def preflight(cfg, spec, resume, resumes, eval_only, overwrite):
     """Main process: data sets, model + weights (`resumes`: from the last checkpoint), then
     lock/refuse/clear OUTPUT_DIR; returns log lines."""
     names = {"DATASETS.TEST": list(cfg.DATASETS.TEST)}
@@ -107,7 +114,7 @@ def preflight(cfg, resume, resumes, eval_only, overwrite):
         names = {"DATASETS.TRAIN": list(cfg.DATASETS.TRAIN), **names}
     check_datasets(cfg, names)
     check_num_classes(cfg, [n for group in names.values() for n in group])
-    check_model_and_weights(cfg, resume=resumes)
+    check_model_and_weights(cfg, spec, resume=resumes)
     # An --eval-only run writes only its results, in a folder of its own if OUTPUT_DIR holds a run.
     return prepare_output_dir(cfg.OUTPUT_DIR, resume=resume, overwrite=overwrite, refuse=not eval_only)
 
@@ -162,12 +169,12 @@ def write_results(cfg, results):
     os.replace(tmp, path)
 
 
-def evaluate(cfg):
+def evaluate(cfg, spec):
     """Load MODEL.WEIGHTS (chosen by `resolve_eval_weights`) into the quantized model, re-estimate
     its BN statistics if MODEL.QUANTIZATION.BN_REESTIMATE_ITERS > 0 (not saved); evaluate."""
-    model = Trainer.build_model(cfg)
+    model = Trainer.build_model(cfg, spec)
     build_checkpointer(cfg, model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
-    iters = cfg.MODEL.QUANTIZATION.BN_REESTIMATE_ITERS
+    iters = spec.bn_reestimate_iters
     if iters > 0:
         seen = reestimate_bn(model, Trainer.build_train_loader(cfg), iters)
         logger.info(f"BatchNorm statistics re-estimated with quantization on ({seen} batches)")
@@ -176,7 +183,7 @@ def evaluate(cfg):
 
 def run_calibration(cfg, spec):
     """PTQ: load weights, calibrate quantizers and BN on CALIB_ITERS batches, save, evaluate."""
-    model = Trainer.build_model(cfg)
+    model = Trainer.build_model(cfg, spec)
     checkpointer = build_checkpointer(cfg, model)
     checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
     seen = calibrate(model, Trainer.build_train_loader(cfg), spec.calib_iters)
@@ -186,9 +193,9 @@ def run_calibration(cfg, spec):
     return Trainer.test(cfg, model)
 
 
-def train(cfg, resume):
+def train(cfg, spec, resume):
     """QAT / float training; on --resume, metrics.json rows the resumed run redoes are dropped."""
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, spec)
     trainer.resume_or_load(resume=resume)
     if resume and comm.is_main_process():
         dropped = drop_metrics_from(cfg.OUTPUT_DIR, trainer.start_iter)
@@ -203,15 +210,14 @@ def train(cfg, resume):
 def main(args):
     """Train (MODE qat), calibrate (MODE calibrate) or evaluate (--eval-only / MODE eval)."""
     init_distributed_from_env()
-    cfg = setup(args)
+    cfg, spec = setup_run(args)
     try:
-        spec = QuantizationSpec.from_config(cfg)
         if is_eval_only(args, cfg):
-            results = evaluate(cfg)
+            results = evaluate(cfg, spec)
         elif spec.mode == "calibrate":
             results = run_calibration(cfg, spec)
         else:
-            results = train(cfg, args.resume)
+            results = train(cfg, spec, args.resume)
         write_results(cfg, results)
         return results
     finally:

@@ -22,7 +22,7 @@ from detectron2.solver.build import (get_default_optimizer_params, maybe_add_gra
 from detectron2.utils import comm
 
 from ..checkpoint import QuantDetCheckpointer
-from ..convert import convert_to_quantization
+from ..convert import QuantizationSpec, apply_quantization
 from ..quantizers import Quantizer
 from .calibrate import reestimate_bn
 from .distill import attach_distillation
@@ -39,12 +39,16 @@ class Trainer(DefaultTrainer):
     """Overrides only what quant_det changes: model, train loader, checkpointer, hooks, evaluator,
     and DDP construction on CPU."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, spec=None):
         """DefaultTrainer.__init__, except that a CPU model gets DDP(device_ids=None): detectron2 0.6
-        passes device_ids=[local_rank], which torch rejects for CPU modules (torchrun on CPU)."""
+        passes device_ids=[local_rank], which torch rejects for CPU modules (torchrun on CPU).
+
+        `spec`: MODEL.QUANTIZATION as validated by the run's setup; None validates cfg's here.
+        """
         TrainerBase.__init__(self)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        model = self.build_model(cfg)
+        self.spec = spec if spec is not None else QuantizationSpec.from_config(cfg)
+        model = self.build_model(cfg, self.spec)
         self.distillation = attach_distillation(model, cfg)  # MODEL.QUANTIZATION.DISTILL
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
@@ -59,13 +63,16 @@ class Trainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())  # also creates self.checkpointer
 
     @classmethod
-    def build_model(cls, cfg):
+    def build_model(cls, cfg, spec=None):
         """detectron2's model, with the layers in MODEL.QUANTIZATION.SCOPE swapped for quantized ones
-        (on CPU, nn.SyncBatchNorm replaced by CPUSyncBatchNorm; see `cpu_sync_batchnorm`)."""
+        (on CPU, nn.SyncBatchNorm replaced by CPUSyncBatchNorm; see `cpu_sync_batchnorm`).
+
+        `spec`: the validated MODEL.QUANTIZATION (QuantizationSpec); None validates cfg's here.
+        """
         model = build_model(cfg)
         if cfg.MODEL.DEVICE == "cpu":
             cpu_sync_batchnorm(model)
-        convert_to_quantization(model, cfg)
+        apply_quantization(model, spec if spec is not None else QuantizationSpec.from_config(cfg))
         return make_loss_normalizer_global(model)
 
     @classmethod
@@ -114,20 +121,25 @@ class Trainer(DefaultTrainer):
         self._data_sampler = getattr(self.data_loader, "resumable_sampler", None)
         extra = {"data_sampler": self._data_sampler} if self._data_sampler is not None else {}
         self.checkpointer = build_checkpointer(
-            self.cfg, self._trainer.model, trainer=weakref.proxy(self), optimizer=self.optimizer,
-            loss_normalizer=LossNormalizerState(self._trainer.model), **extra)
-        ret = super().build_hooks()
-        for h in ret:
-            if isinstance(h, hooks.PeriodicWriter):
-                h._period = self.cfg.QUANT_DET.LOG_PERIOD  # detectron2 0.6 fixes it at 20
+            self.cfg, self.model, trainer=weakref.proxy(self), optimizer=self.optimizer,
+            loss_normalizer=LossNormalizerState(self.model), **extra)
+        # detectron2 0.6 writes every 20 iterations: its writers (built by build_writers below)
+        # go into a PeriodicWriter of QUANT_DET.LOG_PERIOD instead.
+        ret = [hooks.PeriodicWriter(self.writers, period=self.cfg.QUANT_DET.LOG_PERIOD)
+               if isinstance(h, hooks.PeriodicWriter) else h for h in super().build_hooks()]
         # Before the checkpointer: a diverged step must not be saved.
         savers = (hooks.PeriodicCheckpointer, hooks.EvalHook)
         first = next(i for i, h in enumerate(ret) if isinstance(h, savers))
-        ret.insert(first, TrainingHealthCheck(self._trainer.model, self.checkpointer))
-        if self.cfg.MODEL.QUANTIZATION.BN_REESTIMATE_ITERS > 0:  # before the final evaluation
+        ret.insert(first, TrainingHealthCheck(self.model, self.checkpointer))
+        if self.spec.bn_reestimate_iters > 0:  # before the final evaluation
             evals = [i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook)]
             ret.insert(evals[0] if evals else len(ret), BNReestimation())
         return ret
+
+    def build_writers(self):
+        """detectron2's writers, kept as `self.writers` for the PeriodicWriter of build_hooks."""
+        self.writers = super().build_writers()
+        return self.writers
 
     def resume_or_load(self, resume=True):
         """detectron2's resume_or_load; then restart the data stream after the consumed images."""
@@ -135,7 +147,8 @@ class Trainer(DefaultTrainer):
         sampler = self._data_sampler
         if sampler is not None and self.start_iter > 0:
             sampler.set_start(self.start_iter * self.cfg.SOLVER.IMS_PER_BATCH)
-            # SimpleTrainer created its iterator (and any worker processes) before the resume.
+            # SimpleTrainer created its iterator (and any worker processes) before the resume;
+            # detectron2 0.6 has no public way to restart it (no reset_data_loader yet).
             self._trainer._data_loader_iter = iter(self.data_loader)
             logger.info(f"data stream resumes at image {sampler.start} (seed {sampler.seed})")
 
@@ -202,9 +215,8 @@ class BNReestimation(hooks.HookBase):
         trainer = self.trainer
         if trainer.iter < trainer.max_iter:  # train() ends with iter == max_iter only on success
             return
-        cfg = trainer.cfg
-        iters = cfg.MODEL.QUANTIZATION.BN_REESTIMATE_ITERS
-        seen = reestimate_bn(trainer.model, trainer.build_train_loader(cfg), iters)
+        iters = trainer.spec.bn_reestimate_iters
+        seen = reestimate_bn(trainer.model, trainer.build_train_loader(trainer.cfg), iters)
         logger.info(f"BatchNorm statistics re-estimated with quantization on ({seen} batches)")
         if comm.is_main_process():
             trainer.checkpointer.save("model_final")

@@ -17,6 +17,7 @@ import re
 from detectron2.config import CfgNode, get_cfg
 
 from ..config import add_quant_det_config
+from ..quantizers import check_bits
 
 Q = "MODEL.QUANTIZATION."
 _FCOS_RENAMES = {"LOSS_ALPHA": "FOCAL_LOSS_ALPHA", "LOSS_GAMMA": "FOCAL_LOSS_GAMMA",
@@ -119,8 +120,10 @@ def _methods(q, bad):
 
 def _bits(q, tag, bad):
     bits, level = q.get(f"{tag}_bit", 32.0), int(q.get(f"{tag}_level", 0))
-    if float(bits) != int(bits) or not 1 <= int(bits) <= 8:
-        bad[Q + f"{tag}_bit"] = f"{bits} (allowed 1..8 when {tag}_enable is True)"
+    try:
+        check_bits(int(bits) if float(bits) == int(bits) else bits, name=f"{tag}_bit")
+    except ValueError as e:
+        bad[Q + f"{tag}_bit"] = f"{bits} ({e}; when {tag}_enable is True)"
         return 4, 0
     return int(bits), 0 if level == 2 ** int(bits) else level
 

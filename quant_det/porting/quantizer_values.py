@@ -39,6 +39,7 @@ import torch
 
 from ..quantizers.lqnet import make_codes
 from ..quantizers.lsq import signed_bounds
+from ..quantizers.registry import resolve_levels
 
 THEIR_METHODS = {"weight": ("lsq", "lsq-native", "lqnet"), "act": ("lsq", "lsq-native", "pact", "lqnet")}
 OUR_TARGETS = {"weight": ("lsq", "lqnet"), "act": ("lsq", "pact", "lqnet")}
@@ -80,10 +81,7 @@ class SourceQuantizer:
             raise ValueError(f"{role} method={self.method!r}; allowed: {THEIR_METHODS[role]}")
         if self.target_method not in OUR_TARGETS[role]:
             raise ValueError(f"{role} target={self.target!r}; allowed: {OUR_TARGETS[role]}")
-        if not (isinstance(self.bits, int) and 1 <= self.bits <= 8):
-            raise ValueError(f"{role} bits={self.bits!r}; allowed: an int in 1..8")
-        if not (self.levels == 0 or 2 <= self.levels <= 2 ** self.bits):
-            raise ValueError(f"{role} levels={self.levels!r}; allowed: 0 or 2..{2 ** self.bits}")
+        resolve_levels(self.bits, self.levels, name=f"{role} levels", bits_name=f"{role} bits")
         if self.per_channel and role != "weight":
             raise ValueError("per_channel=True is allowed for weights only")
         return self

@@ -5,7 +5,10 @@
 
 Methods: none, dorefa, pact (act), lsq, lqnet, xnor (weight), ternary (weight); see `registry.py`.
 """
-from . import binary, dorefa, lqnet, lsq, none, pact  # noqa: F401  (register the methods)
-from .registry import QUANTIZERS, LearnedRangeQuantizer, Quantizer, build_quantizer, set_calibration
+# Importing a file registers its methods; this order is the order error messages list them in.
+from . import none, dorefa, pact, lsq, lqnet, binary  # noqa: F401,I001
+from .registry import (FLOAT_BITS, QUANTIZERS, LearnedRangeQuantizer, Quantizer, build_quantizer, check_bits,
+                       methods_for, resolve_levels, set_calibration)
 
-__all__ = ["QUANTIZERS", "LearnedRangeQuantizer", "Quantizer", "build_quantizer", "set_calibration"]
+__all__ = ["FLOAT_BITS", "QUANTIZERS", "LearnedRangeQuantizer", "Quantizer", "build_quantizer", "check_bits",
+           "methods_for", "resolve_levels", "set_calibration"]

@@ -22,38 +22,16 @@ import torch
 from torch import nn
 from torch.autograd import Function
 
+from .mse import mse_step
 from .registry import LearnedRangeQuantizer, invalid, register_quantizer, sync_mean
 from .ste import pass_inside
 
 _EPS = 1e-8
-_SEARCH_SAMPLES = 1 << 16
 
 
 def signed_bounds(levels):
     """(Qn, Qp) of the signed grid with `levels` values: even L -> (L/2, L/2 - 1), odd L -> ((L-1)/2,) * 2."""
     return (levels // 2, levels // 2 - 1) if levels % 2 == 0 else ((levels - 1) // 2,) * 2
-
-
-def mse_step(x, qn, qp, per_channel=False, num=64):
-    """Step s minimizing sum((x - round(clamp(x/s, -qn, qp)) * s)^2) over s = r * max|x| / max(qn, qp),
-    r in {1/num, ..., 1}. Returns a 0-d tensor, or [O] per dim-0 slice if per_channel.
-
-    Per-tensor search uses every k-th element of x, k = numel // 65536 (fewer than 131072 samples).
-    """
-    flat = x.flatten(1) if per_channel else x.reshape(1, -1)
-    if not per_channel and flat.shape[1] > _SEARCH_SAMPLES:
-        flat = flat[:, :: flat.shape[1] // _SEARCH_SAMPLES]
-    flat = flat.float()
-    top = flat.abs().amax(1).clamp_min(_EPS) / max(qn, qp)
-    best_err = torch.full_like(top, float("inf"))
-    best = top.clone()
-    for r in torch.arange(1, num + 1, dtype=flat.dtype, device=flat.device) / num:
-        s = (top * r)[:, None]
-        err = (torch.round(torch.clamp(flat / s, -qn, qp)) * s - flat).pow_(2).sum(1)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best = torch.where(better, s[:, 0], best)
-    return best if per_channel else best[0]
 
 
 class LSQRound(Function):

@@ -1,7 +1,7 @@
 """Method "none": the identity; `forward(x)` returns `x` itself (bit-identical to the float model)."""
 from torch import nn
 
-from .registry import Quantizer, invalid, register_quantizer
+from .registry import FLOAT_BITS, Quantizer, check_bits, invalid, register_quantizer
 
 
 @register_quantizer("none")
@@ -9,9 +9,8 @@ class NoQuantizer(Quantizer):
     """Full precision. `bits` is kept as given (1..8, or 32 for "full precision"); `levels` is 0."""
 
     def __init__(self, role, bits, levels=0, per_channel=False, num_channels=1):
-        if isinstance(bits, bool) or bits not in (*range(1, 9), 32):
-            raise invalid("bits", bits, "an int in 1..8, or 32 (full precision)", "method 'none'")
-        if bits == 32 and levels != 0:
+        check_bits(bits, allow_float=True)
+        if bits == FLOAT_BITS and levels != 0:
             raise invalid("levels", levels, [0], "bits=32 means full precision")
         super().__init__(role, min(bits, 8), levels, per_channel, num_channels)
         self.bits = bits

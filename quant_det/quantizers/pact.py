@@ -7,7 +7,7 @@
 
 alpha is a Parameter (10 until data is seen, as in the paper). Data-driven init (first training
 batch) and calibration set alpha = n * s, s the MSE-optimal step on the unsigned grid
-(`lsq.mse_step`); calibration averages it over batches.
+(`mse.mse_step`); calibration averages it over batches.
 
 Backward uses  sum_{x >= alpha} g = (<g, y_q> - <g_x, y_q>) / alpha,  g_x the input gradient, which
 holds because y_q = alpha (computed as n * (alpha/n)) where x >= alpha and y_q = 0 where x <= 0.
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.autograd import Function
 
-from .lsq import mse_step
+from .mse import mse_step
 from .registry import LearnedRangeQuantizer, register_quantizer
 from .ste import pass_inside
 

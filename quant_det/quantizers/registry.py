@@ -1,13 +1,15 @@
 """The `Quantizer` base classes, the `QUANTIZERS` registry, `build_quantizer` and `set_calibration`.
 
 `QUANTIZERS` maps a method name ("none", "dorefa", "pact", "lsq", "lqnet", "xnor", "ternary") to a
-`Quantizer` subclass. Every registered class is called as
+`Quantizer` subclass; it is the one list of methods: each class declares the roles it supports
+in `ROLES`, and `methods_for(role)` (used by the config validation and the CLIs) reads them from
+here. Every registered class is called as
 
     cls(role: str, bits: int, levels: int = 0, per_channel: bool = False, num_channels: int = 1)
 
 and validates the arguments it cannot support with a `ValueError` naming argument, value and the
-allowed choices. `build_quantizer` additionally checks the method against the role's list in
-`quant_det.config` (WEIGHT_METHODS / ACT_METHODS).
+allowed choices. Bit widths and level counts are checked in one place, `check_bits` /
+`resolve_levels`, which the config validation calls with the config key as the name.
 
 Every quantizer except "none" records what it is in its state dict, under `<name>._extra_state`
 (see `Quantizer.identity`), so that a checkpoint of another quantization config is recognized
@@ -19,10 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..config import ACT_METHODS, WEIGHT_METHODS
-
 ROLES = ("weight", "act")
-METHODS_BY_ROLE = {"weight": WEIGHT_METHODS, "act": ACT_METHODS}
+FLOAT_BITS = 32  # a bit width that means "full precision" where it is allowed (method "none")
 QUANTIZERS = {}
 
 
@@ -43,15 +43,33 @@ def invalid(name, value, allowed, why=""):
     return ValueError(f"{name}={value!r} is not allowed{reason}; allowed: {allowed}")
 
 
-def resolve_levels(bits, levels):
+def methods_for(role):
+    """The registered method names that support `role` ("weight" | "act"), in registration order.
+
+    Example: `methods_for("act")` -> ("none", "dorefa", "pact", "lsq", "lqnet").
+    """
+    if role not in ROLES:
+        raise invalid("role", role, ROLES)
+    return tuple(name for name, cls in QUANTIZERS.items() if role in cls.ROLES)
+
+
+def check_bits(bits, allow_float=False, name="bits"):
+    """Raise ValueError "<name>=<bits> is not allowed; allowed: ..." unless `bits` is an int in
+    1..8, or FLOAT_BITS (32, full precision) when `allow_float`. The one bit-range check."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not (
+            1 <= bits <= 8 or (allow_float and bits == FLOAT_BITS)):
+        raise invalid(name, bits, "an int in 1..8" + (" or 32 (full precision)" if allow_float else ""))
+
+
+def resolve_levels(bits, levels, name="levels", bits_name="bits"):
     """Number of quantization levels: `levels`, or 2**bits when `levels` is 0.
 
-    Raises ValueError unless bits is an int in 1..8 and levels is 0 or an int in 2..2**bits.
+    Raises ValueError (naming `bits_name` / `name`, e.g. a config key) unless bits is an int in
+    1..8 and levels is 0 or an int in 2..2**bits.
     """
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
-        raise invalid("bits", bits, "an int in 1..8")
+    check_bits(bits, name=bits_name)
     if isinstance(levels, bool) or not isinstance(levels, int) or not (levels == 0 or 2 <= levels <= 2**bits):
-        raise invalid("levels", levels, f"0 (= 2**bits) or an int in 2..{2 ** bits} for bits={bits}")
+        raise invalid(name, levels, f"0 (= 2**bits) or an int in 2..{2 ** bits} for {bits_name}={bits}")
     return levels or 2**bits
 
 
@@ -253,10 +271,9 @@ def build_quantizer(method, role, bits, levels=0, per_channel=False, num_channel
     1..8 (method "none" also accepts 32), levels not 0 and not in 2..2**bits, or a method-specific
     restriction (e.g. xnor needs bits 1).
     """
-    if role not in ROLES:
-        raise invalid("role", role, ROLES)
-    if method not in METHODS_BY_ROLE[role]:
-        raise invalid("method", method, METHODS_BY_ROLE[role], f"role {role!r}")
+    allowed = methods_for(role)
+    if method not in allowed:
+        raise invalid("method", method, allowed, f"role {role!r}")
     return QUANTIZERS[method](role, bits, levels, per_channel, num_channels)
 
 

@@ -1,4 +1,5 @@
-"""load_double_init: WEIGHT_EXTRA first, WEIGHTS overrides; errors name files, keys and shapes."""
+"""load_double_init: WEIGHT_EXTRA first, WEIGHTS overrides, each through the checkpointer's checks;
+errors name files, keys and shapes."""
 import logging
 import pickle
 import re
@@ -28,7 +29,7 @@ def files(tmp_path):
                  "backbone.bias": torch.full((2,), 1.0), "head.weight": torch.full((3, 2), 1.0),
                  "old_head.weight": torch.zeros(1)})
     weights = save(tmp_path / "lowbit_backbone.pth", **{"backbone.weight": torch.full((2, 1, 1, 1), 2.0),
-                   "backbone.weight_quantizer.step": torch.ones(1)})
+                   "neck.weight": torch.ones(1)})
     return weights, extra
 
 
@@ -45,7 +46,7 @@ def test_weights_override_extra_and_report_lists_sources(tmp_path, caplog):
     assert report.source == {"backbone.weight": weights, "backbone.bias": extra, "head.weight": extra}
     assert report.overridden == ["backbone.weight"]
     assert sorted(report.missing) == ["head.bias", "pixel_mean"]
-    assert report.unexpected == {extra: ["old_head.weight"], weights: ["backbone.weight_quantizer.step"]}
+    assert report.unexpected == {extra: ["old_head.weight"], weights: ["neck.weight"]}
     table = [r.message for r in caplog.records if "Double initialization" in r.message]
     assert len(table) == 1
     assert re.search(r"\| backbone +\| bias +\| WEIGHT_EXTRA +\|", table[0])
@@ -68,7 +69,7 @@ def test_missing_file_is_an_error_naming_it(tmp_path):
 def test_shape_mismatch_raises_or_is_dropped(tmp_path):
     weights, extra = files(tmp_path)
     bad = save(tmp_path / "bad.pth", **{"head.weight": torch.zeros(5, 2), "backbone.bias": torch.full((2,), 3.0)})
-    with pytest.raises(ValueError, match=r"bad\.pth: key 'head\.weight' has shape \(5, 2\) but the model expects \(3, 2\)"):
+    with pytest.raises(ValueError, match=r"bad\.pth' does not fit the model: .*head\.weight: file \(5, 2\) vs model \(3, 2\)"):
         load_double_init(Tiny(), bad, extra)
     model = Tiny()
     report = load_double_init(model, bad, extra, drop_mismatch=True)
@@ -87,3 +88,19 @@ def test_detectron2_pkl_format_and_weights_optional(tmp_path):
     model = Tiny()
     report = load_double_init(model, "", str(pkl))
     assert model.head.weight.unique().tolist() == [4.0] and report.source == {"head.weight": str(pkl)}
+
+
+def test_each_file_gets_the_checks_and_log_of_model_weights(tmp_path, caplog):
+    """The same checks and fvcore's key report as a single MODEL.WEIGHTS file, for both files."""
+    weights, extra = files(tmp_path)
+    lowbit = save(tmp_path / "lowbit.pth", **{"backbone.weight": torch.ones(2, 1, 1, 1),
+                  "backbone.weight_quantizer.step": torch.ones(1)})
+    with pytest.raises(ValueError, match=r"lowbit\.pth' holds quantizer state that does not match the model"):
+        load_double_init(Tiny(), weights, lowbit)  # as WEIGHT_EXTRA
+    with pytest.raises(ValueError, match=r"lowbit\.pth' holds quantizer state that does not match the model"):
+        load_double_init(Tiny(), lowbit, extra)  # as WEIGHTS
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        load_double_init(Tiny(), weights, extra)
+    unused = [r.getMessage() for r in caplog.records if "not used by the model" in r.getMessage()]
+    assert len(unused) == 2 and "old_head" in unused[0] and "neck" in unused[1]

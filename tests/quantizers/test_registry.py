@@ -3,14 +3,24 @@ import pytest
 import torch
 from torch import nn
 
-from quant_det.config import ACT_METHODS, WEIGHT_METHODS
-from quant_det.quantizers import QUANTIZERS, Quantizer, build_quantizer, set_calibration
+from quant_det.quantizers import QUANTIZERS, Quantizer, build_quantizer, methods_for, set_calibration
+
+WEIGHT_METHODS, ACT_METHODS = methods_for("weight"), methods_for("act")
 
 BITS = {"xnor": 1, "ternary": 2}
 
 
 def test_registry_holds_every_configured_method():
     assert set(QUANTIZERS) == set(WEIGHT_METHODS) | set(ACT_METHODS)
+
+
+def test_methods_and_roles_come_from_the_registered_classes():
+    assert WEIGHT_METHODS == ("none", "dorefa", "lsq", "lqnet", "xnor", "ternary")
+    assert ACT_METHODS == ("none", "dorefa", "pact", "lsq", "lqnet")
+    for role, methods in (("weight", WEIGHT_METHODS), ("act", ACT_METHODS)):
+        assert all(role in QUANTIZERS[m].ROLES for m in methods)
+    with pytest.raises(ValueError, match=r"role='bias'.*'weight', 'act'"):
+        methods_for("bias")
 
 
 @pytest.mark.parametrize("role,methods", [("weight", WEIGHT_METHODS), ("act", ACT_METHODS)])

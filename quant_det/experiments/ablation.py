@@ -1,0 +1,93 @@
+"""The ablation table of a run set: every quantized row against its control and its parent.
+
+Issue 10 compares each QAT row with its *control* (the same parent fine-tuned with the same
+schedule, quantization off: the cost of quantization alone) and with its *parent* (the original's
+way). This module builds that table from the run set file (row order, `meta`) and the finished
+rows' run.json / config.yaml, so README's "What costs AP" table is generated, never typed:
+
+    python tools/ablation_table.py experiments/lowbit.yaml --readme README.md
+
+Rows without `meta.control` (parents, controls, classifiers) and unfinished rows are left out.
+"""
+import os
+import re
+
+from .dashboard import _by_id, _signed, _table, collect_runs, reference
+from .records import read_yaml
+
+BEGIN, END = "<!-- ablation:{}:begin -->", "<!-- ablation:{}:end -->"
+COLUMNS = ["row", "task", "head", "A/W", "what changes", "iterations", "AP", "vs control",
+           "vs parent"]
+NO_TRAINING_MODES = ("eval", "calibrate")
+
+
+def _opt(opts, key):
+    """The value following `key` in a flat detectron2 opts list, or None."""
+    opts = [str(o) for o in opts]
+    return opts[opts.index(key) + 1] if key in opts[:-1] else None
+
+
+def trained_iterations(run):
+    """Iterations the row trained: 0 for calibration / evaluation-only rows (MODEL.QUANTIZATION.MODE
+    calibrate or eval, in its opts or its config.yaml), else SOLVER.MAX_ITER of its config.yaml."""
+    config = read_yaml(os.path.join(os.path.dirname(run["path"]), "config.yaml")) or {}
+    mode = _opt(run.get("opts", []), "MODEL.QUANTIZATION.MODE") or \
+        ((config.get("MODEL") or {}).get("QUANTIZATION") or {}).get("MODE")
+    if mode in NO_TRAINING_MODES:
+        return 0
+    return (config.get("SOLVER") or {}).get("MAX_ITER")
+
+
+def _change(comment):
+    """The row's comment without the "ablation:" prefix the dashboard uses for grey points."""
+    return re.sub(r"^ablation:\s*", "", str(comment or "")).strip()
+
+
+def ablation_rows(run_set, root=None):
+    """[(row, task, head, A/W, what changes, iterations, AP, vs control, vs parent), ...] for the
+    finished rows of `run_set` (a run-set yaml path) that name a control, grouped by task and
+    head variant, in the file's order within a group."""
+    spec = read_yaml(run_set)
+    if not isinstance(spec, dict) or not isinstance(spec.get("runs"), list):
+        raise ValueError(f"{run_set}: expected a run set with a 'runs' list")
+    root = root or spec.get("root")
+    if not root or not os.path.isdir(root):
+        raise ValueError(f"{run_set}: its root {root!r} is not a directory")
+    by_id = _by_id(collect_runs([root]))
+    set_name = os.path.basename(root.rstrip("/"))
+    rows = []
+    for entry in spec["runs"]:
+        run = by_id.get(f"{set_name}/{entry['name']}")
+        if run is None or not run["meta"].get("control"):
+            continue
+        ap = run["metrics"]["bbox"]["AP"]
+        deltas = []
+        for which in ("control", "parent"):
+            ref = reference(run, by_id, which)
+            deltas.append(None if ref is None else ap - ref["metrics"]["bbox"]["AP"])
+        if run["meta"]["control"] == (run["meta"].get("parent") or run.get("init_from")):
+            deltas[0] = None  # PTQ rows: the parent is the only reference
+        meta = run["meta"]
+        rows.append((f"`{entry['name']}`", meta.get("task", ""), meta.get("variant", ""),
+                     meta.get("bits", ""), _change(meta.get("comment")), trained_iterations(run),
+                     f"{ap:.1f}", _signed(deltas[0]).replace("-", "−"),
+                     _signed(deltas[1]).replace("-", "−")))
+    return sorted(rows, key=lambda row: (row[1], row[2]))  # stable: file order within a group
+
+
+def ablation_table(run_set, root=None):
+    """The markdown table of `ablation_rows`."""
+    return _table(COLUMNS, ablation_rows(run_set, root))
+
+
+def replace_section(readme, name, body):
+    """Replace the text between the ablation:`name` markers of `readme`; touch nothing else."""
+    begin, end = BEGIN.format(name), END.format(name)
+    with open(readme) as f:
+        text = f.read()
+    i, j = text.find(begin), text.find(end)
+    if i < 0 or j < i:
+        raise ValueError(f"{readme}: needs the markers {begin!r} then {end!r}")
+    with open(readme, "w") as f:
+        f.write(text[:i + len(begin)] + "\n" + body.strip() + "\n" + text[j:])
+

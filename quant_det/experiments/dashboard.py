@@ -13,6 +13,9 @@ A row named in another row's `meta.supersedes` (as "<run set>/<row>") is kept, m
 "A/W" is activation bits / weight bits everywhere (the original dashboard's convention), so a
 run's `meta.bits` must be written as "A/W", e.g. "4/4" or "32/32".
 
+Run ids, bit widths and the parent/control differences are in `comparisons.py`, the plot in
+`plot.py`.
+
 Example:
     build(["experiments/demo"], "DASHBOARD.md", readme="README.md",
           plot="experiments/dashboard_ap_vs_bits.png", command="python tools/dashboard.py")
@@ -21,6 +24,8 @@ import glob
 import os
 
 from ..engine.output_dir import EVAL_ONLY_DIR
+from .comparisons import ap_delta, parse_bits, records_by_id, run_id, superseded_by
+from .plot import plot_ap_vs_bits
 from .records import check_field_types, check_reported_table, read_json, read_yaml
 
 RUN_FILE = "run.json"
@@ -29,7 +34,6 @@ README_BEGIN, README_END = "<!-- dashboard:begin -->", "<!-- dashboard:end -->"
 MAIN_COLUMNS = ["Dataset", "Task Method", "Quantization method", "Model", "A/W", "Reported", "AP",
                 "Δ parent", "Δ control", "Comment", "AP50", "AP75", "Size MB", "GBOPs", "Run", "Command"]
 REPORTED_COLUMNS = MAIN_COLUMNS[:7] + ["Comment"]
-FP32_BITS = 32
 
 
 def _check_provenance(path, run):
@@ -106,19 +110,6 @@ def unfinished_runs(roots):
     return sorted(found)
 
 
-def parse_bits(text):
-    """"A/W" -> (activation bits, weight bits) as floats; "ter" is log2(3) bits, "bin" 1."""
-    named = {"ter": 1.58, "bin": 1.0, "fp32": 32.0}
-    parts = str(text).split("/")
-    try:
-        bits = tuple(named.get(p.strip().lower()) or float(p) for p in parts)
-    except ValueError:
-        raise ValueError(f"bits {text!r}: expected 'A/W' such as '4/4', '32/32' or 'ter/ter'")
-    if len(bits) != 2:
-        raise ValueError(f"bits {text!r}: expected 'A/W' such as '4/4', '32/32' or 'ter/ter'")
-    return bits
-
-
 def _cell(value):
     return str(value).replace("|", "\\|").replace("\n", " ")
 
@@ -136,34 +127,6 @@ def _sort_key(run):
             -a_bits, -w_bits, meta.get("quant", ""), meta.get("scope", ""), run["name"])
 
 
-def _by_id(records):
-    return {_run_id(run): run for run in records}
-
-
-def reference(run, records_by_id, which):
-    """The run's "parent" or "control" record (same run set), or None."""
-    meta = run["meta"]
-    if which == "control":
-        name = meta.get("control")
-    else:
-        name = meta.get("parent") or run.get("extra_from") or run.get("init_from")
-    if not name:
-        return None
-    ref = records_by_id.get(_run_id(run).split("/")[0] + "/" + name)
-    return ref if ref is not None and ref is not run else None
-
-
-def ap_delta(run, records_by_id, which):
-    """AP(run) - AP(its parent or control), or None."""
-    ref = reference(run, records_by_id, which)
-    return None if ref is None else run["metrics"]["bbox"]["AP"] - ref["metrics"]["bbox"]["AP"]
-
-
-def superseded_by(records):
-    """{run id: id of the run whose meta.supersedes names it}."""
-    return {old: _run_id(run) for run in records for old in run["meta"].get("supersedes", [])}
-
-
 def _signed(value):
     return "" if value is None else f"{value:+.1f}"
 
@@ -171,17 +134,17 @@ def _signed(value):
 def main_rows(records):
     """The main table's rows (MAIN_COLUMNS order), sorted by task, model, variant, bits desc."""
     rows = []
-    by_id, newer = _by_id(records), superseded_by(records)
+    by_id, newer = records_by_id(records), superseded_by(records)
     for run in sorted(records, key=_sort_key):
         meta, bbox = run["meta"], run["metrics"]["bbox"]
         comment = ", ".join(str(meta[k]) for k in ("variant", "scope", "comment") if meta.get(k))
-        if _run_id(run) in newer:
-            comment = f"**superseded** by {newer[_run_id(run)]}; {comment}"
+        if run_id(run) in newer:
+            comment = f"**superseded** by {newer[run_id(run)]}; {comment}"
         rows.append([run["dataset"], meta.get("task", "?"), meta.get("quant", "?"),
                      meta.get("model", "?"), meta.get("bits", "?"), "no", f"{bbox['AP']:.1f}",
                      _signed(ap_delta(run, by_id, "parent")), _signed(ap_delta(run, by_id, "control")),
                      comment, f"{bbox.get('AP50', float('nan')):.1f}",
-                     f"{bbox.get('AP75', float('nan')):.1f}", *model_cost(run), _run_id(run),
+                     f"{bbox.get('AP75', float('nan')):.1f}", *model_cost(run), run_id(run),
                      f"`{run['command']}`"])
     return rows
 
@@ -200,11 +163,6 @@ def model_cost(run):
     return [f"{size_mb:.2f}", f"{gbops:.1f}"]
 
 
-def _run_id(run):
-    """`<run set>/<row name>` (the run directory's last two parts): tells demo rows from sweep rows."""
-    return "/".join(os.path.dirname(run["path"]).replace(os.sep, "/").split("/")[-2:])
-
-
 def classifier_section(classifiers):
     """Markdown for the recipe's classification backbones (steps 1-3), or "" if there are none."""
     if not classifiers:
@@ -212,7 +170,7 @@ def classifier_section(classifiers):
     rows = []
     for run in sorted(classifiers, key=lambda r: r["path"]):
         cls, meta = run["metrics"]["classification"], run["meta"]
-        rows.append([_run_id(run), meta.get("quant", "?"), meta.get("bits", "?"),
+        rows.append([run_id(run), meta.get("quant", "?"), meta.get("bits", "?"),
                      f"{100 * cls['val_acc']:.1f}", f"{100 * cls['train_acc']:.1f}", cls["epochs"],
                      run["git_commit"], f"{run.get('wall_time_s', 0) / 60:.1f}",
                      f"`{run['command']}`"])
@@ -278,88 +236,6 @@ def render(records, tables, command, machine=None, plot_link=None, unfinished=()
     parts.append(classifier_section(classifiers))
     parts.append(reported_section(tables))
     return "\n".join(parts).rstrip() + "\n"
-
-
-def is_ablation(run):
-    """True for a row that changes one knob of a recipe to measure it: `meta.ablation` true, or a
-    comment starting with "ablation" (the convention of experiments/lowbit.yaml)."""
-    meta = run["meta"]
-    return bool(meta.get("ablation")) or str(meta.get("comment", "")).lower().startswith("ablation")
-
-
-def training_iters(run):
-    """SOLVER.MAX_ITER of the run's config.yaml, or None: rows trained for different lengths never
-    share a plot line."""
-    config = read_yaml(os.path.join(os.path.dirname(run["path"]), "config.yaml")) or {}
-    return (config.get("SOLVER") or {}).get("MAX_ITER")
-
-
-def plot_series(records, task):
-    """The plot's data for one task: ({(variant, method, scope, run set, iterations,
-    "parent"|"control"): [(weight bits, AP difference), ...]}, [(weight bits, AP difference,
-    method, which), ...] for the ablation rows). Superseded rows, FP32 rows and rows without a
-    reference are left out."""
-    by_id, newer = _by_id(records), superseded_by(records)
-    lines, ablations = {}, []
-    for run in records:
-        meta = run["meta"]
-        w_bits = parse_bits(meta.get("bits", "32/32"))[1]
-        if meta.get("task", "?") != task or w_bits >= FP32_BITS or _run_id(run) in newer:
-            continue
-        key = (str(meta.get("variant", "")), str(meta.get("quant", "")), str(meta.get("scope", "")),
-               _run_id(run).split("/")[0], training_iters(run))
-        for which in ("parent", "control"):
-            delta = ap_delta(run, by_id, which)
-            if delta is None:
-                continue
-            if is_ablation(run):
-                ablations.append((w_bits, delta, key[1], which))
-            else:
-                lines.setdefault(key + (which,), []).append((w_bits, delta))
-    return lines, ablations
-
-
-def plot_ap_vs_bits(records, path):
-    """Write a PNG: one panel per task, the AP difference of each quantized row to its own FP32
-    parent against the bit width (A=W; a mixed A/W row at its weight bits), one colour per
-    variant and one marker per method. Solid lines: difference to the parent; dashed with hollow
-    markers: to the control, where the row has one.
-    One line per variant, method, scope, run set and training length (a demo row never joins a
-    sweep line, a 1500-iteration row never joins a 500-iteration one);
-    ablation rows (`is_ablation`) are grey points that join no line, so a sweep line has one point
-    per bit width; superseded rows and rows without a parent are left out (`plot_series`).
-    """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = sorted({run["meta"].get("task", "?") for run in records}) or ["(no runs)"]
-    variants = sorted({str(run["meta"].get("variant", "")) for run in records})
-    colours = {v: plt.cm.tab10(i % 10) for i, v in enumerate(variants)}
-    methods = sorted({str(run["meta"].get("quant", "")) for run in records})
-    markers = {m: "osD^vP*X"[i % 8] for i, m in enumerate(methods)}
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 6), squeeze=False, dpi=80)
-    for ax, task in zip(axes[0], tasks):
-        lines, ablations = plot_series(records, task)
-        ax.axhline(0, color="k", lw=0.8)
-        for i, (bits, delta, method, which) in enumerate(ablations):
-            ax.plot([bits], [delta], marker=markers[method], color="0.55", ls="none",
-                    mfc="none" if which == "control" else "0.55",
-                    label="ablations (one knob changed; not joined)" if i == 0 else None)
-        for (variant, method, scope, run_set, iters, which), points in sorted(lines.items(), key=str):
-            xs, ys = zip(*sorted(points))
-            ax.plot(xs, ys, marker=markers[method], color=colours[variant],
-                    ls="-" if which == "parent" else "--", mfc="none" if which == "control" else None,
-                    label=f"{variant} {method} {scope} [{run_set}{f', {iters} it.' if iters else ''}]"
-                          f" vs {which}")
-        ax.set(title=task, xlabel="bit width (A=W)", ylabel="AP - AP(FP32 parent or control)")
-        ax.set_xticks([1, 2, 3, 4, 5, 6, 8])
-        if ax.lines[1:]:
-            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12))
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def replace_readme_section(readme, body):

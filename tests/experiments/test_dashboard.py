@@ -4,25 +4,10 @@ import json
 import pytest
 import yaml
 
+from experiments.run_files import write_run
 from quant_det.experiments import dashboard
 
 README = "# Title\n\nIntro.\n\n<!-- dashboard:begin -->\nold table\n<!-- dashboard:end -->\n\n## After\nkeep\n"
-
-
-def write_run(root, name, meta, ap, ap50, ap75, **overrides):
-    """A finished run directory as the runner leaves it: run.json + detectron2's config.yaml."""
-    run_dir = root / name
-    run_dir.mkdir(parents=True)
-    record = {"name": name, "config": f"configs/digits/{name}.yaml", "opts": [], "init_from": None,
-              "meta": meta, "command": f"python tools/train_net.py --config-file {name}.yaml",
-              "git_commit": "0123abc", "seed": 7, "wall_time_s": 1800.0, "status": "done",
-              "metrics": {"bbox": {"AP": ap, "AP50": ap50, "AP75": ap75, "APs": 1.0}},
-              "resumed": False}
-    record.update(overrides)
-    (run_dir / "run.json").write_text(json.dumps(record))
-    (run_dir / "config.yaml").write_text(yaml.safe_dump({"DATASETS": {"TEST": ["digits_det_val"]},
-                                                         "SEED": 7}))
-    return run_dir / "run.json"
 
 
 @pytest.fixture
@@ -115,13 +100,6 @@ def test_readme_without_markers_is_an_error_naming_it(two_runs, tmp_path):
     assert readme.read_text() == "# no markers\n"
 
 
-def test_bits_are_activation_over_weight():
-    assert dashboard.parse_bits("2/4") == (2.0, 4.0)
-    assert dashboard.parse_bits("ter/ter") == (1.58, 1.58)
-    with pytest.raises(ValueError, match="'4': expected 'A/W'"):
-        dashboard.parse_bits("4")
-
-
 def test_classifier_runs_get_their_own_table_not_the_ap_table(two_runs, tmp_path):
     run_dir = two_runs / "backbone_low"
     run_dir.mkdir()
@@ -167,34 +145,3 @@ def test_differences_to_parent_and_control_and_superseded_rows(tmp_path):
     assert rows["lowbit/ctrl"][6:9] == ["53.2", "+3.2", ""]
     assert rows["lowbit/parent"][7:9] == ["", ""]
     assert rows["digits/w2a2_old"][9].startswith("**superseded** by lowbit/w2a2")
-    plot = tmp_path / "ap.png"
-    dashboard.plot_ap_vs_bits(records, str(plot))
-    assert plot.stat().st_size > 1000
-
-
-def test_ablation_rows_are_points_not_joined_into_the_sweep_line(tmp_path):
-    root = tmp_path / "lowbit"
-    fp32 = {"task": "FCOS", "quant": "FP32", "bits": "32/32", "variant": "Full-BN"}
-    write_run(root, "parent", fp32, 50.0, 70.0, 55.0)
-    write_run(root, "ctrl", dict(fp32, comment="control"), 52.0, 72.0, 57.0, init_from="parent")
-    lsq = {"task": "FCOS", "quant": "LSQ", "variant": "Full-BN", "control": "ctrl"}
-    write_run(root, "w4a4", dict(lsq, bits="4/4"), 52.5, 70.0, 55.0, init_from="parent")
-    write_run(root, "w2a2", dict(lsq, bits="2/2"), 46.0, 70.0, 55.0, init_from="parent")
-    write_run(root, "w2a2_base", dict(lsq, bits="2/2", comment="ablation: knobs reverted"),
-              37.0, 60.0, 40.0, init_from="parent")
-    lines, ablations = dashboard.plot_series(dashboard.collect_runs([str(root)]), "FCOS")
-    assert sorted(lines[("Full-BN", "LSQ", "", "lowbit", None, "control")]) == [(2, -6.0), (4, 0.5)]
-    assert sorted(lines[("Full-BN", "LSQ", "", "lowbit", None, "parent")]) == [(2, -4.0), (4, 2.5)]
-    assert sorted(ablations) == [(2, -15.0, "LSQ", "control"), (2, -13.0, "LSQ", "parent")]
-
-
-def test_rows_of_different_training_length_get_separate_plot_lines(tmp_path):
-    root = tmp_path / "lowbit"
-    write_run(root, "parent", {"task": "FCOS", "quant": "FP32", "bits": "32/32"}, 50.0, 70.0, 55.0)
-    for name, iters, ap in (("short", 500, 45.0), ("long", 1500, 49.0)):
-        run_dir = write_run(root, name, {"task": "FCOS", "quant": "LSQ", "bits": "2/2"}, ap, 70.0,
-                            55.0, init_from="parent").parent
-        (run_dir / "config.yaml").write_text(yaml.safe_dump({"SOLVER": {"MAX_ITER": iters}}))
-    lines, _ = dashboard.plot_series(dashboard.collect_runs([str(root)]), "FCOS")
-    assert lines[("", "LSQ", "", "lowbit", 500, "parent")] == [(2, -5.0)]
-    assert lines[("", "LSQ", "", "lowbit", 1500, "parent")] == [(2, -1.0)]

@@ -12,7 +12,8 @@ Rows without `meta.control` (parents, controls, classifiers) and unfinished rows
 import os
 import re
 
-from .dashboard import _by_id, _signed, _table, collect_runs, reference
+from .comparisons import records_by_id, reference
+from .dashboard import _signed, _table, collect_runs
 from .records import read_yaml
 
 BEGIN, END = "<!-- ablation:{}:begin -->", "<!-- ablation:{}:end -->"
@@ -53,7 +54,7 @@ def ablation_rows(run_set, root=None):
     root = root or spec.get("root")
     if not root or not os.path.isdir(root):
         raise ValueError(f"{run_set}: its root {root!r} is not a directory")
-    by_id = _by_id(collect_runs([root]))
+    by_id = records_by_id(collect_runs([root]))
     set_name = os.path.basename(root.rstrip("/"))
     rows = []
     for entry in spec["runs"]:

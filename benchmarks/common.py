@@ -9,9 +9,10 @@ import datetime
 import json
 import os
 import platform
-import re
 import statistics
 import time
+
+from quant_det.experiments.records import replace_marked_section
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "results")
@@ -83,15 +84,11 @@ def write_json(path, data):
 
 def render_into(readme, name, markdown):
     """Replace the text between `<!-- bench:NAME:begin -->` and `<!-- bench:NAME:end -->` in `readme`."""
-    begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
-    with open(readme) as f:
-        text = f.read()
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
-    if not pattern.search(text):
-        raise SystemExit(f"{readme} has no {begin} ... {end} block to render into")
-    text = pattern.sub(lambda _: f"{begin}\n{markdown.rstrip()}\n{end}", text)
-    with open(readme, "w") as f:
-        f.write(text)
+    try:
+        replace_marked_section(readme, f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->",
+                               markdown)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
 
 
 def markdown_table(header, rows):

@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 import time
 
@@ -68,6 +69,7 @@ def val_batch(cfg, model, n=4):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     from quant_det.export.detector import (OnnxDetector, evaluate, export_detector, layer_differences,
@@ -90,7 +92,8 @@ def main(argv=None):
                              fold_bn=not args.no_fold_bn, int_bias=not args.float_bias,
                              example=images[:1], positive_scales=args.positive_weight_scales,
                              float_weights_for_float_convs=args.float_weights_for_float_convs)
-    report = {"config": args.config_file, "weights": cfg.MODEL.WEIGHTS, "onnx": output,
+    report = {"command": shlex.join(["python", "tools/export_onnx.py"] + argv),
+              "config": args.config_file, "weights": cfg.MODEL.WEIGHTS, "onnx": output,
               "part": args.part, "int4": not args.no_int4, "fold_bn": not args.no_fold_bn,
               "positive_weight_scales": args.positive_weight_scales,
               "float_weights_for_float_convs": args.float_weights_for_float_convs,

@@ -14,7 +14,7 @@ import re
 
 from .comparisons import records_by_id, reference
 from .dashboard import _signed, _table, collect_runs
-from .records import read_yaml
+from .records import read_yaml, replace_marked_section
 
 BEGIN, END = "<!-- ablation:{}:begin -->", "<!-- ablation:{}:end -->"
 COLUMNS = ["row", "task", "head", "A/W", "what changes", "iterations", "AP", "vs control",
@@ -82,13 +82,5 @@ def ablation_table(run_set, root=None):
 
 
 def replace_section(readme, name, body):
-    """Replace the text between the ablation:`name` markers of `readme`; touch nothing else."""
-    begin, end = BEGIN.format(name), END.format(name)
-    with open(readme) as f:
-        text = f.read()
-    i, j = text.find(begin), text.find(end)
-    if i < 0 or j < i:
-        raise ValueError(f"{readme}: needs the markers {begin!r} then {end!r}")
-    with open(readme, "w") as f:
-        f.write(text[:i + len(begin)] + "\n" + body.strip() + "\n" + text[j:])
-
+    """Write `body` between the ablation:`name` markers of `readme`."""
+    replace_marked_section(readme, BEGIN.format(name), END.format(name), body)

@@ -26,7 +26,8 @@ import os
 from ..engine.output_dir import EVAL_ONLY_DIR
 from .comparisons import ap_delta, parse_bits, records_by_id, run_id, superseded_by
 from .plot import plot_ap_vs_bits
-from .records import check_field_types, check_reported_table, read_json, read_yaml
+from .records import (check_field_types, check_reported_table, read_json, read_yaml,
+                      replace_marked_section)
 
 RUN_FILE = "run.json"
 REQUIRED = ("config", "command", "git_commit", "seed", "metrics", "status")
@@ -239,16 +240,8 @@ def render(records, tables, command, machine=None, plot_link=None, unfinished=()
 
 
 def replace_readme_section(readme, body):
-    """Replace the text between README_BEGIN and README_END in `readme`; touch nothing else."""
-    with open(readme) as f:
-        text = f.read()
-    begin, end = text.find(README_BEGIN), text.find(README_END)
-    if begin < 0 or end < begin:
-        raise ValueError(f"{readme}: needs the markers {README_BEGIN!r} then {README_END!r} "
-                         "around the dashboard section")
-    head, tail = text[:begin + len(README_BEGIN)], text[end:]
-    with open(readme, "w") as f:
-        f.write(head + "\n" + body.strip() + "\n" + tail)
+    """Write `body` between README_BEGIN and README_END in `readme`; touch nothing else."""
+    replace_marked_section(readme, README_BEGIN, README_END, body)
 
 
 def readme_section(records, dashboard_link):

@@ -69,3 +69,17 @@ def check_reported_table(path, table):
     missing += [f"rows[{i}].{k}" for i, r in enumerate(table["rows"]) for k in REPORTED_FIELDS if k not in r]
     if missing:
         raise ValueError(f"{path}: missing field(s) {', '.join(missing[:4])}")
+
+
+def replace_marked_section(path, begin, end, body):
+    """Replace the text between the markers `begin` and `end` of the file at `path` with `body`
+    (generated README sections: the dashboard, ablation and export tables); nothing else of the
+    file changes. A file without both markers in that order is a ValueError naming them, and
+    nothing is written."""
+    with open(path) as f:
+        text = f.read()
+    i, j = text.find(begin), text.find(end)
+    if i < 0 or j < i:
+        raise ValueError(f"{path}: needs the markers {begin!r} then {end!r} around the generated section")
+    with open(path, "w") as f:
+        f.write(text[:i + len(begin)] + "\n" + body.strip() + "\n" + text[j:])

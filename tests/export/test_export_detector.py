@@ -15,6 +15,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 from quant_det.export.detector import OnnxDetector, export_detector, layer_differences, session  # noqa: E402
 from quant_det.export.onnx_graph import count_ops, metadata  # noqa: E402
+from quant_det.export.parity import parity_rows  # noqa: E402
 
 FCOS_W4A4 = os.path.join(REPO, "configs/digits/quant/fcos_R_18_FPN_FullBN_w4a4_lsq.yaml")
 RETINA_W4A4 = os.path.join(REPO, "configs/digits/quant/retinanet_R_18_FPN_FullBN_w4a4_lsq.yaml")
@@ -138,3 +139,7 @@ def test_export_cli_writes_onnx_log_and_ap_comparison(fcos, tmp_path, tiny_digit
     assert code == (0 if abs(report["ap"]["delta_AP"]) <= 0.1 else 1)
     assert max(v["layer"] / max(v["max_abs_output"], 1.0) for v in report["layer_max_abs_diff"].values()) <= 1e-5
     assert os.path.exists(out.replace(".onnx", ".export.md"))
+    # the README parity table is generated from this report
+    assert report["command"].startswith(f"python tools/export_onnx.py --config-file {FCOS_W4A4} --weights")
+    row = parity_rows([out.replace(".onnx", ".export.json")])[0]
+    assert row[1].startswith("INT4/UINT4 QDQ, opset 21") and row[2] == f"{report['ap']['pytorch']['AP']:.2f}"

@@ -1,4 +1,7 @@
-"""Shared fixtures: a detectron2 cfg with quant_det keys, and a tiny synthetic detection batch."""
+"""Shared fixtures: a detectron2 cfg with quant_det keys, a tiny synthetic detection batch, and
+tools/train_net.py as a module."""
+import functools
+import importlib.util
 import os
 
 import pytest
@@ -13,6 +16,16 @@ from quant_det.config import add_quant_det_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 torch.set_num_threads(2)
+
+
+@functools.lru_cache(maxsize=None)
+def load_train_net():
+    """tools/train_net.py as a module (tools/ is not a package): tests call its `argument_parser`,
+    `setup` and `main` in-process, the very functions `python tools/train_net.py` runs."""
+    spec = importlib.util.spec_from_file_location("train_net", os.path.join(REPO, "tools", "train_net.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def load_cfg(path=None, *opts):

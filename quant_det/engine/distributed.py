@@ -1,4 +1,4 @@
-"""Multi-process set-up under `torchrun` (detectron2's `launch` asserts CUDA; we also run on CPU),
+"""Multi-process set-up under `torchrun` (`launch`: detectron2's asserts CUDA; we also run on CPU),
 checks shared by all ranks (`check_same_config`, `on_main_process`), and the CPU replacement of
 SyncBatchNorm (`CPUSyncBatchNorm`)."""
 import hashlib
@@ -10,6 +10,20 @@ import torch.distributed as dist
 from detectron2.utils import comm
 from fvcore.nn.distributed import differentiable_all_reduce
 from torch import nn
+
+
+def launch(main, args):
+    """Run `main(args)` in this process, one of the processes torchrun started (or the only one).
+
+    What detectron2's `launch(main, num_gpus, ...)` is for its train_net.py, for `torchrun`: that
+    one spawns --num-gpus processes itself and asserts CUDA, so --num-gpus > 1 is refused here
+    with the torchrun command to use instead.
+    """
+    if args.num_gpus > 1:
+        raise SystemExit("--num-gpus > 1: start the processes with "
+                         f"`torchrun --nproc_per_node {args.num_gpus} tools/train_net.py ...` instead")
+    init_distributed_from_env()
+    return main(args)
 
 
 def init_distributed_from_env() -> int:

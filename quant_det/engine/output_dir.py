@@ -9,6 +9,7 @@
   are dropped (not written twice).
 - `eval_only_dir`: where a separate --eval-only run in a folder holding a run writes its results,
   so that they never replace the training run's eval_results.json.
+- `write_results`: the run's evaluation results, written atomically to eval_results.json.
 
 Example:
     notes = prepare_output_dir("output/fcos", resume=False, overwrite=False)  # or ValueError
@@ -24,6 +25,8 @@ import socket
 import sys
 import time
 from typing import Dict, List, Optional
+
+from detectron2.utils import comm
 
 try:
     import fcntl
@@ -41,7 +44,7 @@ RUN_MARKERS = ("last_checkpoint", "model_*.pth", METRICS_FILE, RESULTS_FILE, "ru
 # Deleted with the run by `overwrite` (logs, config, events, inference output, eval-only results).
 RUN_FILES = RUN_MARKERS + ("log.txt", "log.txt.rank*", "config.yaml", "events.out.tfevents.*",
                            "inference", EVAL_ONLY_DIR)
-# Temp files of a save killed mid-write: checkpointer.atomic_write and run.write_results.
+# Temp files of a save killed mid-write: checkpointer.atomic_write and write_results.
 ORPHAN_TMP = re.compile(r"^(\.(model_.*\.pth|last_checkpoint)\.[0-9a-f]{8}\.tmp|eval_results\.json\.tmp)$")
 
 _HELD: Dict[str, int] = {}  # realpath of a locked OUTPUT_DIR -> fd of its lock file (this process)
@@ -205,3 +208,17 @@ def drop_metrics_from(out_dir: str, iteration: int) -> int:
             return len(lines) - i
         offset += len(line)
     return 0
+
+
+def write_results(out_dir: str, results) -> None:
+    """Write evaluation results to `out_dir`/eval_results.json atomically (main process only;
+    nothing for empty results)."""
+    if not comm.is_main_process() or not results:
+        return
+    path = os.path.join(out_dir, RESULTS_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,8 +1,9 @@
 """What `tools/train_net.py` checks before it writes anything into OUTPUT_DIR.
 
 A bad input must stop the run with an error naming the key, file or value, and leave every file
-of OUTPUT_DIR byte-identical. So, in `run.setup`, before detectron2's `default_setup` writes
-config.yaml and log.txt:
+of OUTPUT_DIR byte-identical. So `check_run`, called by train_net.py's `setup` before detectron2's
+`default_setup` writes config.yaml and log.txt, runs every check below, then locks OUTPUT_DIR and
+refuses or clears a previous run there (see output_dir.py):
 
 - `check_solver_keys`: SOLVER.IMS_PER_BATCH, SOLVER.CHECKPOINT_PERIOD, QUANT_DET.LOG_PERIOD, ...
   (detectron2 would fail late, e.g. with a ZeroDivisionError after training started);
@@ -10,6 +11,7 @@ config.yaml and log.txt:
   --eval-only run has weights (or evaluates OUTPUT_DIR's last checkpoint, saying so) and writes
   into `eval_only/<weights>` when OUTPUT_DIR holds a run;
 - `check_datasets`: registered names, annotation files (quant_det/data/validate.py), images;
+- `check_num_classes`: the model's number of classes is the data sets';
 - `check_model_and_weights`: builds the model on CPU (SCOPE, SKIP, POLICY) and loads the weights
   or the checkpoint to resume into it, which runs every checkpoint check (architecture, shapes,
   quantization config); the model is then discarded.
@@ -19,10 +21,13 @@ import os
 from typing import List
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.utils import comm
 
 from ..checkpoint.io import not_a_checkpoint_file
+from ..data import register_datasets_for
 from ..data.validate import validate_coco_json
-from .output_dir import eval_only_dir, last_checkpoint_file, run_files
+from .distributed import check_same_config, on_main_process
+from .output_dir import eval_only_dir, last_checkpoint_file, prepare_output_dir, run_files
 
 # key -> (smallest allowed value, what it is)
 POSITIVE_KEYS = {
@@ -34,6 +39,49 @@ POSITIVE_KEYS = {
     "TEST.EVAL_PERIOD": (0, "iterations between evaluations; 0 = only at the end"),
     "DATALOADER.NUM_WORKERS": (0, "data-loading processes"),
 }
+NUM_CLASSES_KEYS = {"FCOS": "MODEL.FCOS.NUM_CLASSES", "RetinaNet": "MODEL.RETINANET.NUM_CLASSES"}
+
+
+def is_eval_only(args, spec) -> bool:
+    """--eval-only, or MODEL.QUANTIZATION.MODE "eval"."""
+    return bool(args.eval_only) or spec.mode == "eval"
+
+
+def check_run(cfg, spec, args) -> List[str]:
+    """Check the run `args` asks for (cfg not frozen; `spec`: its validated MODEL.QUANTIZATION),
+    freeze cfg, register its data sets, then, on the main process, check the data sets and the
+    model + weights and lock/refuse/clear OUTPUT_DIR; return log lines saying what was chosen.
+
+    The lock is held until `unlock_output_dir(cfg.OUTPUT_DIR)` (train_net.py's `main` ends with it).
+    An --eval-only run may change cfg.OUTPUT_DIR and MODEL.WEIGHTS (see `resolve_eval_weights`).
+    """
+    check_solver_keys(cfg, comm.get_world_size())
+    eval_only, overwrite = is_eval_only(args, spec), getattr(args, "overwrite", False)
+    if overwrite and (args.resume or eval_only):
+        raise ValueError(f"--overwrite cannot go with {'--resume' if args.resume else '--eval-only'}: "
+                         "--overwrite deletes the run in OUTPUT_DIR and starts a new one")
+    # What the run loads: OUTPUT_DIR's last checkpoint (training with --resume) or the weights.
+    resumes = args.resume and not eval_only and spec.mode != "calibrate"
+    if eval_only:
+        notes = resolve_eval_weights(cfg, args.resume)
+    else:
+        notes = []
+        check_weight_files(cfg, resumes)
+    cfg.freeze()
+    check_same_config(cfg)
+    register_datasets_for(cfg)
+    names = {"DATASETS.TEST": list(cfg.DATASETS.TEST)}
+    if not eval_only:
+        names = {"DATASETS.TRAIN": list(cfg.DATASETS.TRAIN), **names}
+
+    def on_main():
+        check_datasets(cfg, names)
+        check_num_classes(cfg, [n for group in names.values() for n in group])
+        check_model_and_weights(cfg, spec, resume=resumes)
+        # An --eval-only run writes only its results, in a folder of its own if OUTPUT_DIR holds a run.
+        return prepare_output_dir(cfg.OUTPUT_DIR, resume=args.resume, overwrite=overwrite,
+                                  refuse=not eval_only)
+    return notes + (on_main_process(on_main) or [])
 
 
 def _get(cfg, key):
@@ -113,6 +161,17 @@ def check_datasets(cfg, names_by_key) -> None:
             meta = MetadataCatalog.get(name)
             if meta.get("json_file", None):
                 validate_coco_json(meta.json_file, meta.get("image_root", None), f"{key} {name!r}")
+
+
+def check_num_classes(cfg, dataset_names) -> None:
+    """ValueError if a data set's metadata has another number of classes than the model's key."""
+    key = NUM_CLASSES_KEYS.get(cfg.MODEL.META_ARCHITECTURE, "MODEL.ROI_HEADS.NUM_CLASSES")
+    want = _get(cfg, key)
+    for name in dataset_names:
+        classes = MetadataCatalog.get(name).get("thing_classes", None)
+        if classes is not None and len(classes) != want:
+            raise ValueError(f"{key}={want} but data set {name!r} has {len(classes)} classes "
+                             f"({', '.join(map(str, classes[:12]))}); set {key} {len(classes)}")
 
 
 def check_model_and_weights(cfg, spec, resume: bool) -> None:

@@ -5,7 +5,10 @@ Saved in every checkpoint, next to the model (which includes every quantizer's s
 the optimizer (SGD momentum: detectron2 0.6's DefaultTrainer does not save it), the LR scheduler
 and iteration ("trainer"), the dense detectors' loss-normalizer EMA ("loss_normalizer") and the
 data-stream seed ("data_sampler"). On `--resume` the data stream restarts at the first image the
-killed run had not consumed.
+killed run had not consumed, and metrics.json rows the resumed run redoes are dropped.
+
+Besides training: `Trainer.evaluate` (--eval-only) and `Trainer.calibrate` (post-training
+quantization), classmethods like detectron2's `Trainer.test`.
 """
 import logging
 import os
@@ -21,18 +24,20 @@ from detectron2.solver.build import (get_default_optimizer_params, maybe_add_gra
                                      reduce_param_groups)
 from detectron2.utils import comm
 
+from .. import modeling  # noqa: F401  (registers FCOS and the FPN-BN backbone)
 from ..checkpoint import QuantDetCheckpointer
 from ..convert import QuantizationSpec, apply_quantization
 from ..quantizers import Quantizer
-from .calibrate import reestimate_bn
+from .calibrate import calibrate as calibrate_model, reestimate_bn
 from .distill import attach_distillation
 from .distributed import cpu_sync_batchnorm
 from .hooks import TrainingDivergedError, TrainingHealthCheck, last_good_checkpoint
 from .loss_normalizer import LossNormalizerState, make_loss_normalizer_global
+from .output_dir import drop_metrics_from
+from .preflight import check_num_classes
 from .sampler import PositionSeededDataset, ResumableTrainingSampler
 
 logger = logging.getLogger(__name__)
-NUM_CLASSES_KEYS = {"FCOS": "MODEL.FCOS.NUM_CLASSES", "RetinaNet": "MODEL.RETINANET.NUM_CLASSES"}
 
 
 class Trainer(DefaultTrainer):
@@ -142,8 +147,14 @@ class Trainer(DefaultTrainer):
         return self.writers
 
     def resume_or_load(self, resume=True):
-        """detectron2's resume_or_load; then restart the data stream after the consumed images."""
+        """detectron2's resume_or_load; then restart the data stream after the consumed images and
+        drop the metrics.json rows of the iterations the resumed run redoes."""
         super().resume_or_load(resume=resume)
+        if resume and comm.is_main_process():
+            dropped = drop_metrics_from(self.cfg.OUTPUT_DIR, self.start_iter)
+            if dropped:
+                logger.info(f"metrics.json: dropped {dropped} line(s) of iterations >= "
+                            f"{self.start_iter} (written after the resumed checkpoint)")
         sampler = self._data_sampler
         if sampler is not None and self.start_iter > 0:
             sampler.set_start(self.start_iter * self.cfg.SOLVER.IMS_PER_BATCH)
@@ -164,6 +175,37 @@ class Trainer(DefaultTrainer):
             raise TrainingDivergedError(
                 f"{e}\nThe optimizer step of this iteration was not taken and no checkpoint was "
                 f"written; last good checkpoint: {last_good_checkpoint(self.checkpointer)}") from e
+
+    @classmethod
+    def evaluate(cls, cfg, spec):
+        """--eval-only: load MODEL.WEIGHTS into the quantized model (`spec`: the validated
+        MODEL.QUANTIZATION), re-estimate its BN statistics if BN_REESTIMATE_ITERS > 0 (not
+        saved), evaluate; return the results."""
+        model = cls.build_model(cfg, spec)
+        build_checkpointer(cfg, model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
+        if spec.bn_reestimate_iters > 0:
+            cls.reestimate_bn_statistics(cfg, model, spec.bn_reestimate_iters)
+        return cls.test(cfg, model)
+
+    @classmethod
+    def calibrate(cls, cfg, spec):
+        """Post-training quantization (MODE "calibrate"): load MODEL.WEIGHTS, calibrate quantizer
+        ranges and BN statistics on CALIB_ITERS batches, save model_final, evaluate; return the
+        results."""
+        model = cls.build_model(cfg, spec)
+        checkpointer = build_checkpointer(cfg, model)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
+        seen = calibrate_model(model, cls.build_train_loader(cfg), spec.calib_iters)
+        logger.info(f"calibrated on {seen} batches")
+        if comm.is_main_process():
+            checkpointer.save("model_final")
+        return cls.test(cfg, model)
+
+    @classmethod
+    def reestimate_bn_statistics(cls, cfg, model, iters):
+        """Re-estimate `model`'s BN statistics with quantization on, on `iters` training batches."""
+        seen = reestimate_bn(model, cls.build_train_loader(cfg), iters)
+        logger.info(f"BatchNorm statistics re-estimated with quantization on ({seen} batches)")
 
 
 def build_checkpointer(cfg, model, **checkpointables):
@@ -194,19 +236,6 @@ def load_train_dicts(cfg):
     return dicts
 
 
-def check_num_classes(cfg, dataset_names):
-    """ValueError if a data set's metadata has another number of classes than the model's key."""
-    key = NUM_CLASSES_KEYS.get(cfg.MODEL.META_ARCHITECTURE, "MODEL.ROI_HEADS.NUM_CLASSES")
-    want = cfg
-    for part in key.split("."):
-        want = want[part]
-    for name in dataset_names:
-        classes = MetadataCatalog.get(name).get("thing_classes", None)
-        if classes is not None and len(classes) != want:
-            raise ValueError(f"{key}={want} but data set {name!r} has {len(classes)} classes "
-                             f"({', '.join(map(str, classes[:12]))}); set {key} {len(classes)}")
-
-
 class BNReestimation(hooks.HookBase):
     """After the last iteration, before the final evaluation: re-estimate BatchNorm statistics of
     the quantized model (MODEL.QUANTIZATION.BN_REESTIMATE_ITERS batches) and save model_final."""
@@ -215,8 +244,19 @@ class BNReestimation(hooks.HookBase):
         trainer = self.trainer
         if trainer.iter < trainer.max_iter:  # train() ends with iter == max_iter only on success
             return
-        iters = trainer.spec.bn_reestimate_iters
-        seen = reestimate_bn(trainer.model, trainer.build_train_loader(trainer.cfg), iters)
-        logger.info(f"BatchNorm statistics re-estimated with quantization on ({seen} batches)")
+        trainer.reestimate_bn_statistics(trainer.cfg, trainer.model, trainer.spec.bn_reestimate_iters)
         if comm.is_main_process():
             trainer.checkpointer.save("model_final")
+
+
+def make_torchscript_reproducible():
+    """Run TorchScript functions unoptimized for the whole process (train_net.py calls it when
+    SEED >= 0).
+
+    Why: the profiling executor runs a scripted function (fvcore's sigmoid_focal_loss_jit, used
+    by RetinaNet/FCOS) eagerly for its first calls and then switches to an optimized graph with
+    JIT-derived gradients, which differ from eager autograd in the last bits. A process resumed
+    at iteration k would compute k and k+1 differently from the uninterrupted run, and low-bit
+    rounding amplifies such differences. Unoptimized execution is the same at every call.
+    """
+    torch._C._set_graph_executor_optimize(False)

@@ -6,6 +6,7 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 import quant_det.modeling  # noqa: F401  (registers FCOS and the FPN-BN backbone)
+from conftest import load_train_net
 from quant_det.config import add_quant_det_config
 from quant_det.convert import convert_to_quantization
 from quant_det.modeling.fpn_relu import TopDownReLUFPN
@@ -155,12 +156,12 @@ def test_other_fork_norm_suffixes_are_refused():
 
 
 def test_train_net_setup_refuses_an_original_yaml_naming_its_unsupported_keys(tmp_path):
-    from quant_det.engine.run import argument_parser, setup
+    train_net = load_train_net()
     base = os.path.relpath(os.path.join(FCOS_DIR, "R_18_1x-Full-SyncBN-lsq-2bit.yaml"), tmp_path)
     path = tmp_path / "prelu.yaml"
     path.write_text(f'_BASE_: "{base}"\nMODEL:\n  FPN:\n    NORM: "SyncBN-PReLU"\n    USE_RELU: False\n')
     out = tmp_path / "out"
-    args = argument_parser().parse_args(["--config-file", str(path), "OUTPUT_DIR", str(out)])
+    args = train_net.argument_parser().parse_args(["--config-file", str(path), "OUTPUT_DIR", str(out)])
     with pytest.raises(ValueError, match="MODEL.FPN.NORM"):
-        setup(args)
+        train_net.setup(args)
     assert not out.exists()  # refused before anything was written

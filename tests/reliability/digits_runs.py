@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from conftest import REPO
+from conftest import REPO, load_train_net
 
 CONFIG = os.path.join(REPO, "configs/digits/quant/fcos_R_18_FPN_w4a4_lsq.yaml")
 SMALL = ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "2", "SOLVER.STEPS", "()",
@@ -81,6 +81,5 @@ def md5s(root):
 def run_args(out_dir, *opts, flags=()):
     """Parsed tools/train_net.py arguments: CONFIG + SMALL + opts into `out_dir`, with `flags`
     such as "--resume", "--eval-only", "--overwrite"."""
-    from quant_det.engine import run
-    return run.argument_parser().parse_args(
+    return load_train_net().argument_parser().parse_args(
         ["--config-file", CONFIG, *flags, "OUTPUT_DIR", str(out_dir), *SMALL, *map(str, opts)])

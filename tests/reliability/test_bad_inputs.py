@@ -1,7 +1,7 @@
 """Bad inputs to tools/train_net.py stop with an error naming the key/file/value (and the allowed
 choices where there are choices), and leave OUTPUT_DIR's existing checkpoints byte-identical.
 
-Every case runs `quant_det.engine.run.main` in-process on a 40-image digits-det, with a dummy
+Every case runs tools/train_net.py's `main` in-process on a 40-image digits-det, with a dummy
 model_0000009.pth + last_checkpoint already in OUTPUT_DIR: each error must come before the
 OUTPUT_DIR checks (which would refuse that folder without --resume). The two divergence cases
 (NaN loss, collapsed LSQ step) train 6 iterations into a fresh folder and check that only good
@@ -17,11 +17,12 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.engine import HookBase
 
-from conftest import REPO, load_cfg
-from quant_det.engine import run
+from conftest import REPO, load_cfg, load_train_net
 from quant_det.engine.hooks import TrainingDivergedError, TrainingHealthCheck
 from quant_det.engine.trainer import Trainer
 from reliability.digits_runs import CONFIG, SMALL, make_small_digits
+
+train_net = load_train_net()
 
 RETINANET = os.path.join(REPO, "configs/digits/retinanet_R_18_FPN.yaml")
 PACT = ["MODEL.QUANTIZATION.WEIGHT.METHOD", "dorefa", "MODEL.QUANTIZATION.ACT.METHOD", "pact"]
@@ -74,7 +75,7 @@ def args_for(out, *opts, resume=False, config=CONFIG):
     argv = ["--config-file", config] + (["--resume"] if resume else []) + [
         "OUTPUT_DIR", str(out), *SMALL, "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "4",
         *map(str, opts)]
-    return run.argument_parser().parse_args(argv)
+    return train_net.argument_parser().parse_args(argv)
 
 
 def assert_untouched(out, before):
@@ -136,7 +137,7 @@ def test_bad_input_names_the_culprit_and_keeps_checkpoints(data, out_dir, opts, 
     out, before = out_dir
     opts = [o.format(**data) if isinstance(o, str) else o for o in opts]
     with pytest.raises(error) as info:
-        run.main(args_for(out, *opts, resume=resume))
+        train_net.main(args_for(out, *opts, resume=resume))
     message = str(info.value.args[0]) if error is KeyError else str(info.value)
     for part in parts:
         assert part.format(**data) in message, message
@@ -156,8 +157,8 @@ class Inject(HookBase):
 
 
 def train_with_fault(out, fault, before_health_check):
-    cfg = run.setup(args_for(out, "SOLVER.MAX_ITER", 8))
-    trainer = Trainer(cfg)
+    cfg, spec = train_net.setup(args_for(out, "SOLVER.MAX_ITER", 8))
+    trainer = Trainer(cfg, spec)
     hook = Inject(4, fault)
     trainer.register_hooks([hook])
     if before_health_check:  # corrupt after the optimizer step, before the check and checkpointer

@@ -10,8 +10,10 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
-from quant_det.engine import run
+from conftest import load_train_net
 from reliability.digits_runs import make_small_digits, md5s, run_args
+
+train_net = load_train_net()
 
 Q = "MODEL.QUANTIZATION."
 STEM = "backbone.bottom_up.stem.conv1"
@@ -89,7 +91,7 @@ def test_bad_input_names_the_culprit_and_leaves_every_file(out_dir, opts, resume
     out, before = out_dir
     opts = [o.format(out=out) if isinstance(o, str) else o for o in opts]
     with pytest.raises(error) as info:
-        run.main(run_args(out, *opts, "SOLVER.MAX_ITER", 6, flags=["--resume"] if resume else []))
+        train_net.main(run_args(out, *opts, "SOLVER.MAX_ITER", 6, flags=["--resume"] if resume else []))
     message = str(info.value.args[0]) if error is KeyError else str(info.value)
     for part in parts:
         assert part.format(out=out) in message, message
@@ -99,7 +101,7 @@ def test_bad_input_names_the_culprit_and_leaves_every_file(out_dir, opts, resume
 def test_overwrite_with_resume_is_refused(out_dir):
     out, before = out_dir
     with pytest.raises(ValueError, match="--overwrite cannot go with --resume"):
-        run.main(run_args(out, flags=["--resume", "--overwrite"]))
+        train_net.main(run_args(out, flags=["--resume", "--overwrite"]))
     assert md5s(out) == before
 
 
@@ -107,5 +109,5 @@ def test_annotation_check_runs_before_a_run_is_cleared(out_dir):
     """--overwrite deletes the previous run only once the new one's inputs are valid."""
     out, before = out_dir
     with pytest.raises(ValueError, match="negative width"):
-        run.main(run_args(out, "DATASETS.TRAIN", "('rel_negative_bbox',)", flags=["--overwrite"]))
+        train_net.main(run_args(out, "DATASETS.TRAIN", "('rel_negative_bbox',)", flags=["--overwrite"]))
     assert md5s(out) == before

@@ -16,10 +16,12 @@ import time
 
 import pytest
 
-from quant_det.engine import run
+from conftest import load_train_net
 from quant_det.engine.output_dir import LOCK_FILE, lock_output_dir, prepare_output_dir, unlock_output_dir
 from quant_det.experiments import runner
 from reliability.digits_runs import env_for, make_small_digits, md5s, run_args, train_command
+
+train_net = load_train_net()
 
 FINISHED = ["SOLVER.MAX_ITER", 2, "SOLVER.CHECKPOINT_PERIOD", 1]
 NO_EVAL = ["DATASETS.TEST", "()"]
@@ -36,7 +38,7 @@ def datasets(tmp_path_factory):
 @pytest.fixture(scope="module")
 def finished_run(datasets, tmp_path_factory):
     out = tmp_path_factory.mktemp("finished") / "run"
-    run.main(run_args(out, *FINISHED))
+    train_net.main(run_args(out, *FINISHED))
     assert {"model_0000000.pth", "model_0000001.pth", "model_final.pth", "eval_results.json",
             "metrics.json", "config.yaml", "log.txt"} <= set(os.listdir(out))
     return out
@@ -59,7 +61,7 @@ def iterations(out):
 def test_rerun_without_resume_is_refused_naming_the_folder_and_both_ways_out(run_dir):
     out, before = run_dir
     with pytest.raises(ValueError) as info:
-        run.main(run_args(out, *FINISHED))
+        train_net.main(run_args(out, *FINISHED))
     message = str(info.value)
     assert f"OUTPUT_DIR {str(out)!r} already holds a run" in message
     assert "last_checkpoint -> model_final.pth" in message and "eval_results.json" in message
@@ -69,7 +71,7 @@ def test_rerun_without_resume_is_refused_naming_the_folder_and_both_ways_out(run
 
 def test_overwrite_deletes_the_previous_run_then_trains_a_new_one(run_dir):
     out, before = run_dir
-    run.main(run_args(out, "SOLVER.MAX_ITER", 1, "SOLVER.CHECKPOINT_PERIOD", 100, *NO_EVAL,
+    train_net.main(run_args(out, "SOLVER.MAX_ITER", 1, "SOLVER.CHECKPOINT_PERIOD", 100, *NO_EVAL,
                       flags=["--overwrite"]))
     assert sorted(n for n in os.listdir(out) if n.endswith(".pth")) == ["model_final.pth"]
     assert not (out / "eval_results.json").exists() and not (out / "inference").exists()
@@ -115,7 +117,7 @@ def test_second_run_into_a_locked_output_dir_fails_at_once_naming_the_first_proc
 
 def test_eval_only_without_weights_evaluates_the_last_checkpoint_into_its_own_folder(run_dir, caplog):
     out, before = run_dir
-    results = run.main(run_args(out, flags=["--eval-only"]))
+    results = train_net.main(run_args(out, flags=["--eval-only"]))
     assert results["bbox"]["AP"] >= 0
     after = md5s(out)
     assert {k: after[k] for k in before} == before  # the run's eval_results.json, config.yaml, ...
@@ -132,7 +134,7 @@ def test_eval_only_without_any_weights_is_an_error_naming_the_key_and_folder(dat
     (out / "notes.txt").write_text("the user's own file\n")
     before = md5s(out)
     with pytest.raises(ValueError) as info:
-        run.main(run_args(out, flags=["--eval-only"]))
+        train_net.main(run_args(out, flags=["--eval-only"]))
     assert "--eval-only needs weights: MODEL.WEIGHTS is empty" in str(info.value)
     assert f"OUTPUT_DIR {str(out)!r} has no last_checkpoint" in str(info.value)
     assert md5s(out) == before
@@ -144,7 +146,7 @@ def test_orphaned_temp_files_of_a_killed_save_are_removed_on_the_next_start(run_
     for name in orphans:
         (out / name).write_bytes(b"half a checkpoint")
     (out / ".cache.tmp").write_text("not ours")
-    run.main(run_args(out, *FINISHED, *NO_EVAL, flags=["--resume"]))  # finished: nothing to do
+    train_net.main(run_args(out, *FINISHED, *NO_EVAL, flags=["--resume"]))  # finished: nothing to do
     names = set(os.listdir(out))
     assert not names & set(orphans) and ".cache.tmp" in names
     after = md5s(out)
@@ -159,7 +161,7 @@ def test_resume_drops_metrics_rows_past_the_resumed_iteration(run_dir):
     with open(out / "metrics.json", "a") as f:
         f.write('{"iteration": 2, "total_lo')
     assert iterations(out) == [0, 1]
-    run.main(run_args(out, *FINISHED, *NO_EVAL, flags=["--resume"]))
+    train_net.main(run_args(out, *FINISHED, *NO_EVAL, flags=["--resume"]))
     assert iterations(out) == [0, 1]  # 1 once, from the resumed run
     lines = (out / "metrics.json").read_text().splitlines()
     assert all(json.loads(line) for line in lines)

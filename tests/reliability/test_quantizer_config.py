@@ -12,12 +12,13 @@ import logging
 import pytest
 import torch
 
-from conftest import load_cfg
+from conftest import load_cfg, load_train_net
 from quant_det.checkpoint import QuantDetCheckpointer
-from quant_det.engine import run
 from quant_det.engine.trainer import Trainer
 from quant_det.quantizers import Quantizer, build_quantizer
 from reliability.digits_runs import CONFIG, SMALL, make_small_digits, md5s, run_args
+
+train_net = load_train_net()
 
 Q = "MODEL.QUANTIZATION."
 W2A2 = [Q + "WEIGHT.BITS", 2, Q + "ACT.BITS", 2]
@@ -64,7 +65,7 @@ def test_resume_with_other_bits_is_an_error_naming_layers_and_both_configs(files
     (out / "metrics.json").write_text('{"iteration": 9, "total_loss": 1.0}\n')
     before = md5s(out)
     with pytest.raises(ValueError) as info:
-        run.main(run_args(out, *W2A2, flags=["--resume"]))
+        train_net.main(run_args(out, *W2A2, flags=["--resume"]))
     message = str(info.value)
     for part in ["model_0000009.pth", "another quantization config", WEIGHT_PAIR, ACT_PAIR,
                  "--resume continues a run with its own config"]:
@@ -79,7 +80,7 @@ def test_weights_of_another_quantization_config_are_an_error_naming_the_reinit_k
     (out / "notes.txt").write_text("the user's own file\n")
     before = md5s(out)
     with pytest.raises(ValueError) as info:
-        run.main(run_args(out, "MODEL.WEIGHTS", files["w4a4"], *W2A2))
+        train_net.main(run_args(out, "MODEL.WEIGHTS", files["w4a4"], *W2A2))
     message = str(info.value)
     for part in ["w4a4.pth", WEIGHT_PAIR, ACT_PAIR, Q + "REINIT_MISMATCHED True"]:
         assert part in message, message

@@ -12,7 +12,7 @@ from ..experiments.records import replace_marked_section
 
 BEGIN, END = "<!-- export-parity:begin -->", "<!-- export-parity:end -->"
 COLUMNS = ["export (report)", "ONNX", "PyTorch AP", "onnxruntime AP", "Δ AP",
-           "largest single-layer diff (of its max |output|)", "BN folded / kept", "command"]
+           "largest single-layer diff (of its max abs output)", "BN folded / kept", "command"]
 
 
 def read_report(path):

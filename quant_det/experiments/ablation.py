@@ -12,33 +12,13 @@ Rows without `meta.control` (parents, controls, classifiers) and unfinished rows
 import os
 import re
 
-from .comparisons import records_by_id, reference
+from .comparisons import records_by_id, reference, trained_iterations
 from .dashboard import _signed, _table, collect_runs
 from .records import read_yaml, replace_marked_section
 
 BEGIN, END = "<!-- ablation:{}:begin -->", "<!-- ablation:{}:end -->"
 COLUMNS = ["row", "task", "head", "A/W", "what changes", "iterations", "AP", "vs control",
            "vs parent"]
-NO_TRAINING_MODES = ("eval", "calibrate")
-
-
-def _opt(opts, key):
-    """The value following `key` in a flat detectron2 opts list, or None."""
-    opts = [str(o) for o in opts]
-    return opts[opts.index(key) + 1] if key in opts[:-1] else None
-
-
-def trained_iterations(run):
-    """Iterations the row trained: 0 for calibration / evaluation-only rows (MODEL.QUANTIZATION.MODE
-    calibrate or eval, in its opts or its config.yaml), else SOLVER.MAX_ITER of its config.yaml."""
-    config = read_yaml(os.path.join(os.path.dirname(run["path"]), "config.yaml")) or {}
-    mode = _opt(run.get("opts", []), "MODEL.QUANTIZATION.MODE") or \
-        ((config.get("MODEL") or {}).get("QUANTIZATION") or {}).get("MODE")
-    if mode in NO_TRAINING_MODES:
-        return 0
-    return (config.get("SOLVER") or {}).get("MAX_ITER")
-
-
 def _change(comment):
     """The row's comment without the "ablation:" prefix the dashboard uses for grey points."""
     return re.sub(r"^ablation:\s*", "", str(comment or "")).strip()

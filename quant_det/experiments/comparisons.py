@@ -10,6 +10,8 @@ Example:
 """
 import os
 
+from .records import read_yaml
+
 
 def parse_bits(text):
     """"A/W" -> (activation bits, weight bits) as floats; "ter" is log2(3) bits, "bin" 1."""
@@ -56,3 +58,23 @@ def ap_delta(run, by_id, which):
 def superseded_by(records):
     """{run id: id of the run whose meta.supersedes names it}."""
     return {old: run_id(run) for run in records for old in run["meta"].get("supersedes", [])}
+
+
+NO_TRAINING_MODES = ("eval", "calibrate")
+
+
+def _opt(opts, key):
+    """The value following `key` in a flat detectron2 opts list, or None."""
+    opts = [str(o) for o in opts]
+    return opts[opts.index(key) + 1] if key in opts[:-1] else None
+
+
+def trained_iterations(run):
+    """Iterations the row trained: 0 for calibration / evaluation-only rows (MODEL.QUANTIZATION.MODE
+    calibrate or eval, in its opts or its config.yaml), else SOLVER.MAX_ITER of its config.yaml."""
+    config = read_yaml(os.path.join(os.path.dirname(run["path"]), "config.yaml")) or {}
+    mode = _opt(run.get("opts", []), "MODEL.QUANTIZATION.MODE") or \
+        ((config.get("MODEL") or {}).get("QUANTIZATION") or {}).get("MODE")
+    if mode in NO_TRAINING_MODES:
+        return 0
+    return (config.get("SOLVER") or {}).get("MAX_ITER")

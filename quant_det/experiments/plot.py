@@ -6,8 +6,8 @@ Example:
 """
 import os
 
-from .comparisons import ap_delta, parse_bits, records_by_id, run_id, superseded_by
-from .records import read_yaml
+from .comparisons import (ap_delta, parse_bits, records_by_id, run_id, superseded_by,
+                          trained_iterations)
 
 FP32_BITS = 32
 
@@ -20,10 +20,9 @@ def is_ablation(run):
 
 
 def training_iters(run):
-    """SOLVER.MAX_ITER of the run's config.yaml, or None: rows trained for different lengths never
-    share a plot line."""
-    config = read_yaml(os.path.join(os.path.dirname(run["path"]), "config.yaml")) or {}
-    return (config.get("SOLVER") or {}).get("MAX_ITER")
+    """Iterations the run trained (`trained_iterations`: 0 for calibration / evaluation-only rows),
+    or None: rows trained for different lengths never share a plot line."""
+    return trained_iterations(run)
 
 
 def plot_series(records, task):

@@ -4,7 +4,8 @@ import json
 import pytest
 import yaml
 
-from quant_det.experiments.ablation import ablation_rows, replace_section, trained_iterations
+from quant_det.experiments.ablation import ablation_rows, replace_section
+from quant_det.experiments.comparisons import trained_iterations
 
 
 def _row(root, name, ap, meta=None, opts=(), init_from=None, max_iter=500, mode="qat"):

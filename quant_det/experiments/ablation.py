@@ -19,6 +19,8 @@ from .records import read_yaml, replace_marked_section
 BEGIN, END = "<!-- ablation:{}:begin -->", "<!-- ablation:{}:end -->"
 COLUMNS = ["row", "task", "head", "A/W", "what changes", "iterations", "AP", "vs control",
            "vs parent"]
+
+
 def _change(comment):
     """The row's comment without the "ablation:" prefix the dashboard uses for grey points."""
     return re.sub(r"^ablation:\s*", "", str(comment or "")).strip()

@@ -37,7 +37,9 @@ def head_outputs(model, batch):
 
 def load_quantized(cfg, weights):
     """The quantized model of `cfg` with `weights` loaded; quantizers that the file did not
-    initialize (a float checkpoint) are calibrated on CALIB training batches."""
+    initialize (a float checkpoint) are calibrated on CALIB training batches, BatchNorm statistics
+    kept as loaded (re-estimating them for the quantized network would also change the float
+    reference every error is measured against)."""
     model = Trainer.build_model(cfg)
     build_checkpointer(cfg, model).resume_or_load(weights, resume=False)
     if not quantized_layers(model):
@@ -46,7 +48,7 @@ def load_quantized(cfg, weights):
     fresh = [m for m in model.modules() if isinstance(m, LearnedRangeQuantizer) and not m.is_initialized()]
     if fresh:
         logger.info(f"{len(fresh)} quantizers not in {weights!r}: calibrating on {CALIB} batches")
-        calibrate(model, Trainer.build_train_loader(cfg), CALIB)
+        calibrate(model, Trainer.build_train_loader(cfg), CALIB, bn=False)
     return model.eval()
 
 
@@ -94,6 +96,12 @@ def markdown(report):
              f"Weights `{report['weights']}`, {report['num_images']} validation images. Error = "
              "relative squared error of the head outputs against the same model with every layer "
              "float (0 = no change, 1 = signal lost), averaged over output kinds.", ""]
+    if any(r["weight"].startswith("dorefa/") and r["weight"] != "dorefa/1b" for r in report["layers"]):
+        lines += ["DoReFa weights do not keep the float weights' scale (they take the values ±1/3, "
+                  "±1 at 2 bits): a layer of a DoReFa-*trained* checkpoint run float uses raw weights "
+                  "against BatchNorm statistics learned for the quantized ones, so its \"float\" "
+                  "reference is not its FP32 parent. Analyze the FP32 parent with the DoReFa config "
+                  "instead: its float reference is the parent itself.", ""]
     if ap:
         lines += [f"bbox AP: all quantized {ap['all quantized']:.1f}, all float {ap['all float']:.1f}.", ""]
     head = "| group | layers | error, only this group quantized | error, only this group float |"

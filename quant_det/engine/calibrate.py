@@ -21,16 +21,25 @@ logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def calibrate(model: nn.Module, data_loader, num_iters: int, quantizers: bool = True) -> int:
-    """Re-estimate BN statistics (and, if `quantizers`, the quantizer ranges) of `model` in place
-    on `num_iters` batches of `data_loader`; return the number of batches seen."""
+def calibrate(model: nn.Module, data_loader, num_iters: int, quantizers: bool = True,
+              bn: bool = True) -> int:
+    """Re-estimate BN statistics (if `bn`) and the quantizer ranges (if `quantizers`) of `model` in
+    place on `num_iters` batches of `data_loader`; return the number of batches seen.
+
+    With bn=False every BatchNorm runs in eval mode (its running statistics normalize and stay as
+    they are), so the quantizers see what the model as loaded produces: the sensitivity tool needs
+    this, since its float reference must keep the checkpoint's statistics."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative moving average over the calibration batches
+    momenta = [b.momentum for b in bns]
+    if bn:
+        for b in bns:
+            b.reset_running_stats()
+            b.momentum = None  # cumulative moving average over the calibration batches
     was_training = model.training
     model.train()
+    if not bn:
+        for b in bns:
+            b.eval()
     if not quantizers:  # frozen: e.g. LQ-Net would otherwise refit its basis in training mode
         for q in model.modules():
             if isinstance(q, Quantizer):
@@ -42,8 +51,8 @@ def calibrate(model: nn.Module, data_loader, num_iters: int, quantizers: bool = 
             seen = _run_batches(model, data_loader, num_iters)
     finally:
         set_calibration(model, False)
-        for bn, m in zip(bns, momenta):
-            bn.momentum = m
+        for b, m in zip(bns, momenta):
+            b.momentum = m
         model.train(was_training)
     return seen
 

@@ -69,3 +69,40 @@ def test_report_files(tmp_path):
     text = markdown(report)
     layer_rows = text.split("| layer |")[1].splitlines()[2:]
     assert [r.split(" | ")[0] for r in layer_rows] == ["| c", "| a", "| b"]  # by decreasing error
+
+
+def test_calibration_for_analysis_keeps_bn_statistics():
+    """The sensitivity tool calibrates a float checkpoint's quantizers with bn=False: the BatchNorm
+    statistics stay the checkpoint's (else the float reference changes with the quantizers;
+    with DoReFa weights, which lose the float scale, it stopped depending on the input)."""
+    from quant_det.engine.calibrate import calibrate
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = QuantConv2d.from_float(nn.Conv2d(3, 4, 3, padding=1), build_quantizer("dorefa", "weight", 2),
+                                               build_quantizer("pact", "act", 2))
+            self.bn = nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.bn(self.conv(x))
+
+    torch.manual_seed(0)
+    net = Net()
+    net.bn.running_mean.fill_(0.25)
+    net.bn.running_var.fill_(2.0)
+    loader = _batches()
+    calibrate(net, loader, 2, bn=False)
+    assert torch.equal(net.bn.running_mean, torch.full((4,), 0.25))
+    assert torch.equal(net.bn.running_var, torch.full((4,), 2.0))
+    assert net.conv.input_quantizer.is_initialized() and net.training
+    calibrate(net, loader, 2)  # the PTQ default re-estimates them
+    assert not torch.equal(net.bn.running_var, torch.full((4,), 2.0))
+
+
+def test_report_warns_about_dorefa_float_reference():
+    report = {"weights": "w.pth", "num_images": 8, "groups": [],
+              "layers": [{"layer": "a", "group": "a", "weight": "dorefa/2b", "act": "pact/2b", "error": 0.1}]}
+    assert "not its FP32 parent" in markdown(report)
+    report["layers"][0]["weight"] = "lsq/2b"
+    assert "not its FP32 parent" not in markdown(report)

@@ -68,3 +68,52 @@ def test_per_channel_one_bit_has_one_scale_per_output_channel():
     w = torch.tensor([[1.0, -3.0], [0.5, 0.5]]).view(2, 2, 1, 1)
     y = build_quantizer("dorefa", "weight", 1, per_channel=True, num_channels=2)(w)
     assert torch.equal(y.view(2, 2), torch.tensor([[2.0, -2.0], [0.5, 0.5]]))
+
+
+def _reference_weight(w, n, per_channel, use_tanh):
+    """The op-by-op DoReFa weight formula through autograd (the implementation before issue 14)."""
+    from quant_det.quantizers.ste import round_ste
+    t = torch.tanh(w) if use_tanh else w
+    top = t.abs().flatten(1).amax(1).view(-1, *[1] * (w.dim() - 1)) if per_channel else t.abs().amax()
+    r = t / (2 * top.clamp_min(1e-12)) + 0.5
+    return 2 * (round_ste(r * n) / n) - 1
+
+
+def test_fused_weight_function_matches_the_op_by_op_formula():
+    """Outputs bit-identical, gradients (incl. the max's, with ties) equal to autograd's."""
+    torch.manual_seed(0)
+    for per_channel in (False, True):
+        for uniform in (False, True):
+            for bits in (2, 4):
+                w = torch.randn(6, 3, 3, 3)
+                w[1, 0, 0, 0], w[1, 2, 1, 1] = 3.0, -3.0  # a +/- tie for the max (channel 1 and tensor)
+                if per_channel:
+                    w[3, 0, 0, 0] = w[3, 0, 0, 1] = 3.5  # a tie of one value at two positions
+                g = torch.randn_like(w)
+                q = DoReFaQuantizer("weight", bits, per_channel=per_channel, num_channels=6, uniform=uniform)
+                a = w.clone().requires_grad_()
+                out = q(a)
+                out.backward(g)
+                b = w.clone().requires_grad_()
+                ref = _reference_weight(b, 2 ** bits - 1, per_channel, not uniform)
+                ref.backward(g)
+                assert torch.equal(out, ref), (per_channel, uniform, bits)
+                assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-6), (per_channel, uniform, bits)
+
+
+def test_per_tensor_repeated_max_gets_the_max_gradient_once():
+    """Per tensor, a max value repeated at two positions takes the whole max term at one of them
+    (documented in DoReFaWeight); every other position's gradient, and the sum, match autograd."""
+    torch.manual_seed(1)
+    w = torch.randn(4, 5)
+    w[0, 1] = w[2, 3] = 3.0
+    g = torch.randn_like(w)
+    a = w.clone().requires_grad_()
+    DoReFaQuantizer("weight", 2)(a).backward(g)
+    b = w.clone().requires_grad_()
+    _reference_weight(b, 3, False, True).backward(g)
+    others = torch.ones_like(w, dtype=torch.bool)
+    others[0, 1] = others[2, 3] = False
+    assert torch.allclose(a.grad[others], b.grad[others], rtol=1e-5, atol=1e-6)
+    assert torch.allclose(a.grad.sum(), b.grad.sum(), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(a.grad[0, 1], b.grad[0, 1])

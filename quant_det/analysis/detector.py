@@ -98,10 +98,12 @@ def markdown(report):
              "float (0 = no change, 1 = signal lost), averaged over output kinds.", ""]
     if any(r["weight"].startswith("dorefa/") and r["weight"] != "dorefa/1b" for r in report["layers"]):
         lines += ["DoReFa weights do not keep the float weights' scale (they take the values ±1/3, "
-                  "±1 at 2 bits): a layer of a DoReFa-*trained* checkpoint run float uses raw weights "
-                  "against BatchNorm statistics learned for the quantized ones, so its \"float\" "
-                  "reference is not its FP32 parent. Analyze the FP32 parent with the DoReFa config "
-                  "instead: its float reference is the parent itself.", ""]
+                  "±1 at 2 bits). On an FP32 checkpoint a DoReFa layer scales its output by about "
+                  "1/mean|w| under BatchNorm statistics made for the float weights (errors far above 1, "
+                  "up to inf, until QAT re-learns them); a layer of a DoReFa-*trained* checkpoint run "
+                  "float uses raw weights against statistics learned for the quantized ones, so that "
+                  "\"float\" reference is not its FP32 parent. Either way the errors below rank "
+                  "layers at best; measure DoReFa's cost in AP (QAT rows).", ""]
     if ap:
         lines += [f"bbox AP: all quantized {ap['all quantized']:.1f}, all float {ap['all float']:.1f}.", ""]
     head = "| group | layers | error, only this group quantized | error, only this group float |"

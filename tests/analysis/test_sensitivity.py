@@ -103,6 +103,6 @@ def test_calibration_for_analysis_keeps_bn_statistics():
 def test_report_warns_about_dorefa_float_reference():
     report = {"weights": "w.pth", "num_images": 8, "groups": [],
               "layers": [{"layer": "a", "group": "a", "weight": "dorefa/2b", "act": "pact/2b", "error": 0.1}]}
-    assert "not its FP32 parent" in markdown(report)
+    assert "not its FP32 parent" in markdown(report) and "rank" in markdown(report)
     report["layers"][0]["weight"] = "lsq/2b"
     assert "not its FP32 parent" not in markdown(report)

@@ -12,6 +12,7 @@ import platform
 import statistics
 import time
 
+from quant_det.engine.output_dir import write_json_atomic
 from quant_det.experiments.records import replace_marked_section
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,11 +76,7 @@ def machine_line(info):
 
 def write_json(path, data):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, data, indent=1, sort_keys=False, newline=True)
 
 
 def render_into(readme, name, markdown):

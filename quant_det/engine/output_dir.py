@@ -210,15 +210,23 @@ def drop_metrics_from(out_dir: str, iteration: int) -> int:
     return 0
 
 
+def write_json_atomic(path: str, data, indent: int = 2, sort_keys: bool = True,
+                      newline: bool = False) -> None:
+    """Write `data` as JSON to `path` atomically: into `path`.tmp, fsynced, then renamed over `path`
+    (a reader never sees a partial file; a crash leaves the previous file whole)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=indent, sort_keys=sort_keys)
+        if newline:
+            f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def write_results(out_dir: str, results) -> None:
     """Write evaluation results to `out_dir`/eval_results.json atomically (main process only;
     nothing for empty results)."""
     if not comm.is_main_process() or not results:
         return
-    path = os.path.join(out_dir, RESULTS_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_json_atomic(os.path.join(out_dir, RESULTS_FILE), results)

@@ -30,7 +30,6 @@ Each finished row leaves `<root>/<name>/run.json` (the provenance the dashboard 
 config (classifier rows: the tool), command, git commit, seed, wall time, status and the
 metrics (bbox AP for detectors, top-1 accuracy for classifiers).
 """
-import json
 import os
 import re
 import shlex
@@ -39,7 +38,7 @@ import sys
 import time
 from datetime import timedelta
 
-from ..engine.output_dir import run_files
+from ..engine.output_dir import run_files, write_json_atomic
 from .records import read_json, read_yaml
 
 RUN_FILE = "run.json"
@@ -161,13 +160,6 @@ def build_classifier_commands(run, root, python=sys.executable):
     return [train + [str(a) for a in run.get("args", [])], rename]
 
 
-def _write_json(path, data):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def execute(run, root, log=print):
     """Run one row unless finished; return its run.json dict."""
     out_dir = os.path.join(root, run["name"])
@@ -206,7 +198,7 @@ def execute(run, root, log=print):
         "git_commit": commit, "seed": seed, "wall_time_s": round(time.time() - start, 1),
         "status": "done", "metrics": metrics, "resumed": status == "partial",
     }
-    _write_json(os.path.join(out_dir, RUN_FILE), record)
+    write_json_atomic(os.path.join(out_dir, RUN_FILE), record)
     return record
 
 

@@ -17,7 +17,8 @@ out: it saves only tanh(w) and the max, where autograd through the dozen element
 kept several weight-sized temporaries and ran a kernel per op (issue 14: DoReFa/PACT QAT steps
 were 1.5-1.7x FP32 on RetinaNet-R18). Outputs are bit-identical to the op-by-op formula (same
 operations in the same order); gradients, including the term through the max, equal autograd's
-up to float rounding.
+up to float rounding, except that per tensor a max value repeated at several positions takes the
+max's gradient at one of them (see `DoReFaWeight`).
 """
 import torch
 from torch.autograd import Function
@@ -61,7 +62,7 @@ class DoReFaWeight(Function):
     @staticmethod
     def backward(ctx, g):
         t, m, raw_max = ctx.saved_tensors
-        grad_t = g / m
+        grad_t = (g / m).contiguous()  # indexed in logical order below (channels_last weights too)
         # the max's gradient (zero where the clamp to _TINY was active, as autograd's clamp_min)
         if ctx.per_channel:
             inner = (g * t).flatten(1).sum(1)

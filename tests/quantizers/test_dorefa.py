@@ -117,3 +117,19 @@ def test_per_tensor_repeated_max_gets_the_max_gradient_once():
     assert torch.allclose(a.grad[others], b.grad[others], rtol=1e-5, atol=1e-6)
     assert torch.allclose(a.grad.sum(), b.grad.sum(), rtol=1e-5, atol=1e-6)
     assert not torch.allclose(a.grad[0, 1], b.grad[0, 1])
+
+
+def test_fused_weight_function_channels_last_and_expanded_gradient():
+    """A channels_last weight and the expanded gradient of .sum() give autograd's gradient."""
+    torch.manual_seed(2)
+    w = torch.randn(4, 3, 3, 3).to(memory_format=torch.channels_last)
+    g = torch.randn_like(w)  # channels_last, as the gradient of a channels_last output
+    for per_channel in (False, True):
+        for grad in (None, g):
+            a = w.clone().requires_grad_()
+            out = DoReFaQuantizer("weight", 2, per_channel=per_channel, num_channels=4)(a)
+            out.sum().backward() if grad is None else out.backward(grad)
+            b = w.clone().requires_grad_()
+            ref = _reference_weight(b, 3, per_channel, True)
+            ref.sum().backward() if grad is None else ref.backward(grad)
+            assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-6)

@@ -19,12 +19,6 @@ def is_ablation(run):
     return bool(meta.get("ablation")) or str(meta.get("comment", "")).lower().startswith("ablation")
 
 
-def training_iters(run):
-    """Iterations the run trained (`trained_iterations`: 0 for calibration / evaluation-only rows),
-    or None: rows trained for different lengths never share a plot line."""
-    return trained_iterations(run)
-
-
 def plot_series(records, task):
     """The plot's data for one task: ({(variant, method, scope, run set, iterations,
     "parent"|"control"): [(weight bits, AP difference), ...]}, [(weight bits, AP difference,
@@ -38,7 +32,7 @@ def plot_series(records, task):
         if meta.get("task", "?") != task or w_bits >= FP32_BITS or run_id(run) in newer:
             continue
         key = (str(meta.get("variant", "")), str(meta.get("quant", "")), str(meta.get("scope", "")),
-               run_id(run).split("/")[0], training_iters(run))
+               run_id(run).split("/")[0], trained_iterations(run))  # lengths never share a line
         for which in ("parent", "control"):
             delta = ap_delta(run, by_id, which)
             if delta is None:

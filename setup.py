@@ -22,7 +22,7 @@ setup(
     ],
     package_data={"quant_det.quantizers": ["*.c"]},  # the LQ-Net kernel, built on first use
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7.3"],
         # ONNX export with QuantizeLinear/DequantizeLinear (INT4 needs opset 21) and its checks in
         # onnxruntime: tools/export_onnx.py, benchmarks/bench_onnx_speed.py. Training never imports them.
         "export": ["onnx>=1.16", "onnxruntime>=1.20"],

@@ -3,6 +3,7 @@ tools/train_net.py as a module."""
 import functools
 import importlib.util
 import os
+import shutil
 
 import pytest
 import torch
@@ -65,6 +66,26 @@ def make_batch(num_images=2, size=64, num_classes=10, seed=0):
         image = torch.randint(0, 256, (3, size, size), generator=g).float()
         batch.append({"image": image, "instances": inst, "height": size, "width": size})
     return batch
+
+
+@pytest.fixture(scope="module")
+def module_tmp(request, tmp_path_factory):
+    """`tmp_path_factory.mktemp` for module-scoped fixtures: what it made is deleted when the
+    module's tests are done, unless a test of the session failed (kept to look at).
+
+    The suite trains and checkpoints many small detectors (about 5.7 GB in all, 2026-12-02); a CI
+    disk with little room ran out mid-`torch.save`. Function-scoped `tmp_path` dirs of passing
+    tests are removed by pytest itself (tmp_path_retention_policy = "failed", pyproject.toml)."""
+    made = []
+
+    def mktemp(name):
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield mktemp
+    if request.session.testsfailed == 0:
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -22,8 +22,8 @@ def _load(path):
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("datasets") / "digits_det"
+def dataset(module_tmp):
+    root = module_tmp("datasets") / "digits_det"
     paths = build_digits_det(str(root), seed=0, num_train=NUM_TRAIN, num_val=NUM_VAL)
     return root, {split: _load(path) for split, path in paths.items()}
 

@@ -39,16 +39,16 @@ def digits_root(tiny_digits):
 
 
 @pytest.fixture(scope="module")
-def fp32_run(digits_root, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("backbone_full"))
+def fp32_run(digits_root, module_tmp):
+    out = str(module_tmp("backbone_full"))
     return out, train_classifier(out, epochs=6, lr=0.002, batch_size=32, seed=0, root=digits_root,
                                  size=32)
 
 
 @pytest.fixture(scope="module")
-def low_bit_run(digits_root, fp32_run, tmp_path_factory):
+def low_bit_run(digits_root, fp32_run, module_tmp):
     """The W2A2 LSQ fine-tune, run through tools/train_classifier.py."""
-    out = str(tmp_path_factory.mktemp("backbone_low"))
+    out = str(module_tmp("backbone_low"))
     argv = ["--out", out, "--init", os.path.join(fp32_run[0], "model_final.pth"),
             "--root", digits_root, "--size", "32", "--epochs", "1", "--lr", "0.0005", "--batch-size", "32",
             "--weight-method", "lsq", "--weight-bits", "2", "--act-method", "lsq", "--act-bits", "2"]

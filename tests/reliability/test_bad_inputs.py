@@ -31,9 +31,9 @@ RES2_ACT = "backbone.bottom_up.res2.0.conv1.input_quantizer"
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(module_tmp):
     """Data sets (digits-det and three broken COCO sets) and checkpoint files used by the cases."""
-    root = tmp_path_factory.mktemp("bad_inputs")
+    root = module_tmp("bad_inputs")
     make_small_digits(root / "datasets")
     train = root / "datasets" / "digits_det" / "train"
     (root / "invalid.json").write_text("{not json")

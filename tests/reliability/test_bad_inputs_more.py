@@ -29,8 +29,8 @@ def broken_copy(train, path, annotation_id, **changes):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bad_inputs_more")
+def data(module_tmp):
+    root = module_tmp("bad_inputs_more")
     make_small_digits(root / "datasets")
     train = root / "datasets" / "digits_det" / "train"
     sets = {"rel_negative_bbox": broken_copy(train, root / "negative.json", 7, bbox=[30, 40, -12, 20]),

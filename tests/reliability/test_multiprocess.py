@@ -30,8 +30,8 @@ FLOAT_SYNC_BN = ["SOLVER.IMS_PER_BATCH", 4, "SOLVER.MAX_ITER", 6, "SOLVER.CHECKP
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    return env_for(make_small_digits(tmp_path_factory.mktemp("mp") / "datasets"))
+def env(module_tmp):
+    return env_for(make_small_digits(module_tmp("mp") / "datasets"))
 
 
 def launch(nproc):
@@ -51,8 +51,8 @@ def predictions(out_dir):
 
 
 @pytest.fixture(scope="module")
-def single_run(env, tmp_path_factory):
-    out = tmp_path_factory.mktemp("single")
+def single_run(env, module_tmp):
+    out = module_tmp("single")
     run(train_command(out, *FLOAT_SYNC_BN), env)
     return out
 

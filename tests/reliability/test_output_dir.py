@@ -28,16 +28,16 @@ NO_EVAL = ["DATASETS.TEST", "()"]
 
 
 @pytest.fixture(scope="module")
-def datasets(tmp_path_factory):
-    root = make_small_digits(tmp_path_factory.mktemp("output_dir") / "datasets")
+def datasets(module_tmp):
+    root = make_small_digits(module_tmp("output_dir") / "datasets")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("QUANT_DET_DATASETS", root)
         yield root
 
 
 @pytest.fixture(scope="module")
-def finished_run(datasets, tmp_path_factory):
-    out = tmp_path_factory.mktemp("finished") / "run"
+def finished_run(datasets, module_tmp):
+    out = module_tmp("finished") / "run"
     train_net.main(run_args(out, *FINISHED))
     assert {"model_0000000.pth", "model_0000001.pth", "model_final.pth", "eval_results.json",
             "metrics.json", "config.yaml", "log.txt"} <= set(os.listdir(out))

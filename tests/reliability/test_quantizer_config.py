@@ -31,9 +31,9 @@ def build(*opts):
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(module_tmp):
     """A W4A4 checkpoint whose res2 and stem quantizers hold initialized steps, and a float one."""
-    root = tmp_path_factory.mktemp("quantizer_config")
+    root = module_tmp("quantizer_config")
     w4 = build()
     with torch.no_grad():
         for name, value in ((RES2, 0.5), (STEM, 0.125)):

@@ -160,6 +160,37 @@ def build_classifier_commands(run, root, python=sys.executable):
     return [train + [str(a) for a in run.get("args", [])], rename]
 
 
+def input_files(run, root):
+    """[(row it comes from, path), ...]: the checkpoints a row loads (init_from, extra_from)."""
+    files = []
+    if run.get("init_from"):
+        name = "model_final.pth" if run.get("kind") == "classifier" else run.get("init_file", "model_final.pth")
+        files.append((run["init_from"], os.path.join(root, run["init_from"], name)))
+    if run.get("extra_from"):
+        files.append((run["extra_from"], os.path.join(root, run["extra_from"], "model_final.pth")))
+    return files
+
+
+def check_inputs(run, root):
+    """RuntimeError naming the row, its source row and the file if a checkpoint it loads is missing.
+
+    Checkpoints are not committed (*.pth is gitignored), so on a new machine a row can be recorded
+    as finished while its checkpoint is gone: say so instead of letting train_net.py fail on a path.
+    """
+    for source, path in input_files(run, root):
+        if os.path.exists(path):
+            continue
+        if run_status(os.path.join(root, source)) == "done":
+            raise RuntimeError(
+                f"{run['name']}: {path} (from row {source!r}) is missing, although {source}'s "
+                f"{RUN_FILE} says it finished: checkpoints are not committed, so it was trained on "
+                f"another machine. Re-run {source} (move its {RUN_FILE} away) or add a second run "
+                f"of its command under a new name; a re-run on another CPU is not bit-identical, so "
+                f"rows already trained from the first run keep their own record")
+        raise RuntimeError(f"{run['name']}: {path} (from row {source!r}) does not exist: run "
+                           f"{source} first (--only runs the named rows in the file's order)")
+
+
 def execute(run, root, log=print):
     """Run one row unless finished; return its run.json dict."""
     out_dir = os.path.join(root, run["name"])
@@ -167,6 +198,7 @@ def execute(run, root, log=print):
     if status == "done":
         log(f"[skip] {run['name']}: finished")
         return read_json(os.path.join(out_dir, RUN_FILE))
+    check_inputs(run, root)
     os.makedirs(out_dir, exist_ok=True)
     classifier = run.get("kind") == "classifier"
     if classifier:  # a few minutes, not checkpointed: an interrupted one starts over

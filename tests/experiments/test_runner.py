@@ -191,3 +191,35 @@ def test_child_progress_reaches_the_console_while_the_child_runs(tmp_path):
 def test_rows_are_announced_with_their_position_and_elapsed_time():
     assert runner.progress(time.time() - 65, [], 3) == "elapsed 0:01:05"
     assert runner.progress(time.time() - 10, [60.0, 120.0], 2) == "elapsed 0:00:10, about 0:03:00 left"
+
+
+def test_row_whose_parent_checkpoint_is_gone_fails_before_it_starts(tmp_path, fake_train):
+    """A parent recorded as finished on another machine (run.json committed, *.pth not): the
+    child fails with a message naming both rows and the file, and leaves no output directory."""
+    root = tmp_path / "runs"
+    (root / "parent").mkdir(parents=True)
+    (root / "parent" / "run.json").write_text(json.dumps({"name": "parent", "status": "done"}))
+    child = dict(RUN, name="child", init_from="parent")
+    with pytest.raises(RuntimeError, match=r"child: .*parent/model_final\.pth \(from row 'parent'\) "
+                                           r"is missing, although parent's run\.json says it finished"):
+        runner.execute(child, str(root), log=lambda m: None)
+    assert fake_train == [] and not (root / "child").exists()
+
+    double = dict(RUN, name="qb", init_from="low", init_file="detectron2.pth", extra_from="parent")
+    (root / "low").mkdir()
+    (root / "low" / "detectron2.pth").write_text("weights")
+    with pytest.raises(RuntimeError, match=r"qb: .*parent/model_final\.pth \(from row 'parent'\)"):
+        runner.execute(double, str(root), log=lambda m: None)
+    (root / "parent" / "model_final.pth").write_text("weights")
+    with pytest.raises(RuntimeError, match=r"qb failed \(exit 3\)"):  # it started: FAKE_TRAIN's interruption
+        runner.execute(double, str(root), log=lambda m: None)
+    assert fake_train[0][-4:] == ["MODEL.WEIGHTS", f"{root}/low/detectron2.pth",
+                                  "MODEL.WEIGHT_EXTRA", f"{root}/parent/model_final.pth"]
+
+
+def test_row_whose_parent_has_not_run_says_so(tmp_path, fake_train):
+    classifier = {"name": "low", "kind": "classifier", "init_from": "full"}
+    with pytest.raises(RuntimeError, match=r"low: .*full/model_final\.pth \(from row 'full'\) does "
+                                           r"not exist: run full first"):
+        runner.execute(classifier, str(tmp_path / "runs"), log=lambda m: None)
+    assert fake_train == []

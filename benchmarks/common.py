@@ -13,7 +13,7 @@ import statistics
 import time
 
 from quant_det.engine.output_dir import write_json_atomic
-from quant_det.experiments.records import replace_marked_section
+from quant_det.experiments.records import markdown_table, replace_marked_section  # noqa: F401 (re-exported to the bench scripts)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "results")
@@ -86,12 +86,6 @@ def render_into(readme, name, markdown):
                                markdown)
     except ValueError as e:
         raise SystemExit(str(e)) from None
-
-
-def markdown_table(header, rows):
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":  # re-render a saved result: python benchmarks/common.py RESULT.json NAME [README.md]

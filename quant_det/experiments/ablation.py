@@ -13,8 +13,8 @@ import os
 import re
 
 from .comparisons import records_by_id, reference, trained_iterations
-from .dashboard import _signed, _table, collect_runs
-from .records import read_yaml, replace_marked_section
+from .dashboard import collect_runs
+from .records import markdown_table, read_yaml, replace_marked_section, signed
 
 BEGIN, END = "<!-- ablation:{}:begin -->", "<!-- ablation:{}:end -->"
 COLUMNS = ["row", "task", "head", "A/W", "what changes", "iterations", "AP", "vs control",
@@ -53,14 +53,14 @@ def ablation_rows(run_set, root=None):
         meta = run["meta"]
         rows.append((f"`{entry['name']}`", meta.get("task", ""), meta.get("variant", ""),
                      meta.get("bits", ""), _change(meta.get("comment")), trained_iterations(run),
-                     f"{ap:.1f}", _signed(deltas[0]).replace("-", "−"),
-                     _signed(deltas[1]).replace("-", "−")))
+                     f"{ap:.1f}", signed(deltas[0]).replace("-", "−"),
+                     signed(deltas[1]).replace("-", "−")))
     return sorted(rows, key=lambda row: (row[1], row[2]))  # stable: file order within a group
 
 
 def ablation_table(run_set, root=None):
     """The markdown table of `ablation_rows`."""
-    return _table(COLUMNS, ablation_rows(run_set, root))
+    return markdown_table(COLUMNS, ablation_rows(run_set, root))
 
 
 def replace_section(readme, name, body):

@@ -26,8 +26,8 @@ import os
 from ..engine.output_dir import EVAL_ONLY_DIR
 from .comparisons import ap_delta, parse_bits, records_by_id, run_id, superseded_by
 from .plot import plot_ap_vs_bits
-from .records import (check_field_types, check_reported_table, read_json, read_yaml,
-                      replace_marked_section)
+from .records import (check_field_types, check_reported_table, markdown_table, read_json, read_yaml,
+                      replace_marked_section, signed)
 
 RUN_FILE = "run.json"
 REQUIRED = ("config", "command", "git_commit", "seed", "metrics", "status")
@@ -111,25 +111,11 @@ def unfinished_runs(roots):
     return sorted(found)
 
 
-def _cell(value):
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def _table(columns, rows):
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def _sort_key(run):
     meta = run["meta"]
     a_bits, w_bits = parse_bits(meta.get("bits", "32/32"))
     return (meta.get("task", ""), meta.get("model", ""), meta.get("variant", ""),
             -a_bits, -w_bits, meta.get("quant", ""), meta.get("scope", ""), run["name"])
-
-
-def _signed(value):
-    return "" if value is None else f"{value:+.1f}"
 
 
 def main_rows(records):
@@ -143,7 +129,7 @@ def main_rows(records):
             comment = f"**superseded** by {newer[run_id(run)]}; {comment}"
         rows.append([run["dataset"], meta.get("task", "?"), meta.get("quant", "?"),
                      meta.get("model", "?"), meta.get("bits", "?"), "no", f"{bbox['AP']:.1f}",
-                     _signed(ap_delta(run, by_id, "parent")), _signed(ap_delta(run, by_id, "control")),
+                     signed(ap_delta(run, by_id, "parent")), signed(ap_delta(run, by_id, "control")),
                      comment, f"{bbox.get('AP50', float('nan')):.1f}",
                      f"{bbox.get('AP75', float('nan')):.1f}", *model_cost(run), run_id(run),
                      f"`{run['command']}`"])
@@ -178,7 +164,7 @@ def classifier_section(classifiers):
     return "\n".join(["## Classification backbones (recipe steps 1-3)", "",
                       "Digit-crop ResNet-18 classifiers, renamed to detectron2 names "
                       "(`detectron2.pth`) for the detectors' MODEL.WEIGHTS.", "",
-                      _table(["Run", "Quantization method", "A/W", "val top-1 %", "train top-1 %",
+                      markdown_table(["Run", "Quantization method", "A/W", "val top-1 %", "train top-1 %",
                               "epochs", "git commit", "wall min", "Command"], rows), ""])
 
 
@@ -211,7 +197,7 @@ def reported_section(tables):
                   "numbers on COCO; no run in this repository produced them.", ""]
         rows = [[r["dataset"], r["task_method"], r["quantization_method"], r["model"], r["a_w"],
                  r["reported"], f"{r['ap']:.1f}", r["comment"]] for r in t["rows"]]
-        parts += [_table(REPORTED_COLUMNS, rows), ""]
+        parts += [markdown_table(REPORTED_COLUMNS, rows), ""]
     return "\n".join(parts)
 
 
@@ -228,11 +214,11 @@ def render(records, tables, command, machine=None, plot_link=None, unfinished=()
              "this exact row (ours: no).", ""]
     if unfinished:
         parts += ["- Not shown (no run.json yet): " + ", ".join(f"`{d}`" for d in unfinished), ""]
-    parts += ["## Our runs", "", _table(MAIN_COLUMNS, main_rows(records)), ""]
+    parts += ["## Our runs", "", markdown_table(MAIN_COLUMNS, main_rows(records)), ""]
     if plot_link:
         parts += [f"![AP vs bit width]({plot_link})", ""]
     parts += ["### Provenance", "",
-              _table(["Run", "run.json", "git commit", "seed", "wall min", "resumed"],
+              markdown_table(["Run", "run.json", "git commit", "seed", "wall min", "resumed"],
                      provenance_rows(records)), ""]
     parts.append(classifier_section(classifiers))
     parts.append(reported_section(tables))
@@ -249,7 +235,7 @@ def readme_section(records, dashboard_link):
     columns = MAIN_COLUMNS[:-1]
     rows = [row[:-1] for row in main_rows(records)]
     return (f"Generated; full table with commands, provenance and the original's reported "
-            f"numbers in [{dashboard_link}]({dashboard_link}).\n\n" + _table(columns, rows))
+            f"numbers in [{dashboard_link}]({dashboard_link}).\n\n" + markdown_table(columns, rows))
 
 
 def build(roots, out, readme=None, plot=None, machine=None, reported_dir="experiments/reported",

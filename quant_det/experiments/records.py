@@ -1,4 +1,5 @@
-"""Reading the experiment runner's files: one-line errors naming the file and the field.
+"""Reading the experiment runner's files (one-line errors naming the file and the field), and the
+markdown tables and marked README sections that the dashboard, ablation and benchmark reports write.
 
 A truncated run.json, a run set whose `runs` is a mapping, or a row that is a string used to end
 in a traceback that did not name the file; `read_yaml`, `read_json` and `check_field_types`
@@ -11,6 +12,20 @@ import yaml
 # Fields of each row of a table of the original's reported numbers (experiments/reported/*.yaml).
 REPORTED_FIELDS = ("dataset", "task_method", "quantization_method", "model", "a_w", "reported",
                    "ap", "comment")
+
+
+def markdown_table(columns, rows):
+    """A markdown pipe table; `|` and newlines inside cells are escaped so a cell stays one cell."""
+    def cell(value):
+        return str(value).replace("|", "\\|").replace("\n", " ")
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def signed(value):
+    """An AP difference as "+1.2" / "-3.4"; "" for None (no reference)."""
+    return "" if value is None else f"{value:+.1f}"
 
 
 def read_yaml(path):

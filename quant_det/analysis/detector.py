@@ -18,6 +18,7 @@ from detectron2.evaluation import COCOEvaluator, inference_on_dataset
 
 from ..engine.calibrate import calibrate
 from ..engine.trainer import Trainer, build_checkpointer
+from ..experiments.records import markdown_table
 from ..quantizers import LearnedRangeQuantizer
 from .sensitivity import float_layers, group_sensitivity, layer_sensitivity, quantized_layers
 
@@ -106,19 +107,20 @@ def markdown(report):
                   "layers at best; measure DoReFa's cost in AP (QAT rows).", ""]
     if ap:
         lines += [f"bbox AP: all quantized {ap['all quantized']:.1f}, all float {ap['all float']:.1f}.", ""]
-    head = "| group | layers | error, only this group quantized | error, only this group float |"
-    head += " AP, only quantized | AP, only float |" if ap else ""
-    lines += [head, "|---" * (6 if ap else 4) + "|"]
+    columns = ["group", "layers", "error, only this group quantized", "error, only this group float"]
+    columns += ["AP, only quantized", "AP, only float"] if ap else []
+    rows = []
     for r in report["groups"]:
         cells = [r["group"], r["layers"], f"{r['error_only_quantized']:.4f}", f"{r['error_only_float']:.4f}"]
         if ap:
             cells += [f"{r.get('ap_only_quantized', ap['all quantized']):.1f}",
                       f"{r.get('ap_only_float', ap['all float'] if r['group'] != 'all' else ap['all quantized']):.1f}"]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    lines += ["", "| layer | group | weight | activation | error, only this layer quantized |",
-              "|---|---|---|---|---|"]
-    for r in sorted(report["layers"], key=lambda r: -r["error"]):
-        lines.append(f"| {r['layer']} | {r['group']} | {r['weight']} | {r['act']} | {r['error']:.4f} |")
+        rows.append(cells)
+    lines += [markdown_table(columns, rows), ""]
+    by_error = sorted(report["layers"], key=lambda r: -r["error"])
+    lines.append(markdown_table(
+        ["layer", "group", "weight", "activation", "error, only this layer quantized"],
+        [[r["layer"], r["group"], r["weight"], r["act"], f"{r['error']:.4f}"] for r in by_error]))
     return "\n".join(lines) + "\n"
 
 

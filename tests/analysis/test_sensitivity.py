@@ -106,3 +106,17 @@ def test_report_warns_about_dorefa_float_reference():
     assert "not its FP32 parent" in markdown(report) and "rank" in markdown(report)
     report["layers"][0]["weight"] = "lsq/2b"
     assert "not its FP32 parent" not in markdown(report)
+
+
+def test_report_with_ap_has_ap_columns():
+    """With --ap the group table gains two AP columns; "all" shows the all-quantized AP in both."""
+    report = {"weights": "w.pth", "num_images": 8, "ap": {"all quantized": 40.0, "all float": 50.0},
+              "layers": [{"layer": "a", "group": "g", "weight": "lsq/2b", "act": "lsq/2b", "error": 0.1}],
+              "groups": [{"group": "all", "layers": 1, "error_only_quantized": 0.1, "error_only_float": 0.0},
+                         {"group": "g", "layers": 1, "error_only_quantized": 0.1, "error_only_float": 0.0,
+                          "ap_only_quantized": 41.0, "ap_only_float": 49.0}]}
+    text = markdown(report)
+    assert "bbox AP: all quantized 40.0, all float 50.0." in text
+    assert "| all | 1 | 0.1000 | 0.0000 | 40.0 | 40.0 |" in text
+    assert "| g | 1 | 0.1000 | 0.0000 | 41.0 | 49.0 |" in text
+    assert "|---|---|---|---|---|---|\n" in text

@@ -28,7 +28,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from .double_init import DoubleInitReport
-from .io import not_a_checkpoint_file, read_checkpoint, strip_module_prefix
+from .io import MODULE_PREFIX, not_a_checkpoint_file, read_checkpoint, strip_module_prefix
 from .quantizer_identity import is_identity_key, resolve_quantizer_mismatches
 
 # State-dict keys of the quantizer submodules of QuantConv2d/QuantLinear.
@@ -106,7 +106,7 @@ def _update_in_place(state: Dict[str, Any], resolved: Dict[str, Any]) -> None:
     """Make `state` (keys maybe `module.`-prefixed; torch's `_metadata` kept) hold exactly the
     entries of `resolved` (check_compatible's result, prefix stripped)."""
     for key in list(state):
-        name = key[len("module."):] if key.startswith("module.") else key
+        name = key[len(MODULE_PREFIX):] if key.startswith(MODULE_PREFIX) else key
         if name in resolved:
             state[key] = resolved[name]
         else:

@@ -31,6 +31,7 @@ config (classifier rows: the tool), command, git commit, seed, wall time, status
 metrics (bbox AP for detectors, top-1 accuracy for classifiers).
 """
 import os
+import platform
 import re
 import shlex
 import subprocess
@@ -120,6 +121,21 @@ def git_commit(repo="."):
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def machine_info():
+    """{"cpu": model name, "cores": os.cpu_count(), "omp_num_threads": $OMP_NUM_THREADS or None}:
+    where a row ran. The children inherit this environment, and on CPU both the CPU model and the
+    thread count change a run's numbers (reduction order), so a re-run that differs can be told
+    apart from a bug."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
 
 
 def run_status(out_dir):
@@ -227,7 +243,8 @@ def execute(run, root, log=print):
         "init_from": run.get("init_from"), "extra_from": run.get("extra_from"),
         "meta": run.get("meta", {}),
         "command": " && ".join(shlex.join(c) for c in shown),
-        "git_commit": commit, "seed": seed, "wall_time_s": round(time.time() - start, 1),
+        "git_commit": commit, "machine": machine_info(), "seed": seed,
+        "wall_time_s": round(time.time() - start, 1),
         "status": "done", "metrics": metrics, "resumed": status == "partial",
     }
     write_json_atomic(os.path.join(out_dir, RUN_FILE), record)

@@ -223,3 +223,18 @@ def test_row_whose_parent_has_not_run_says_so(tmp_path, fake_train):
                                            r"not exist: run full first"):
         runner.execute(classifier, str(tmp_path / "runs"), log=lambda m: None)
     assert fake_train == []
+
+
+def test_run_record_names_the_machine_and_thread_count(tmp_path, fake_train, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    root = str(tmp_path / "runs")
+    run = dict(RUN, name="threads")
+    with pytest.raises(RuntimeError):
+        runner.execute(run, root, log=lambda m: None)
+    record = runner.execute(run, root, log=lambda m: None)
+    machine = json.load(open(f"{root}/threads/run.json"))["machine"]
+    assert machine == record["machine"]
+    assert machine["omp_num_threads"] == "2" and machine["cores"] == os.cpu_count()
+    assert isinstance(machine["cpu"], str) and machine["cpu"]
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert runner.machine_info()["omp_num_threads"] is None

@@ -135,7 +135,8 @@ def machine_info():
         cpu = names[0] if names else cpu
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    threads = os.environ.get("OMP_NUM_THREADS")
+    return {"cpu": cpu, "cores": os.cpu_count(), "omp_num_threads": threads}
 
 
 def run_status(out_dir):

@@ -158,6 +158,11 @@ class LQNetQuantizer(LearnedRangeQuantizer):
         basis = scale.clamp_min(1e-8) * self.unit_basis().to(flat.dtype)
         return [qem(flat, basis, self.codes, 3 if calibrate else 5)]
 
+    def passthrough(self, x):
+        """`x` itself (all zero): `quantize` in training would fit the basis to it, and a 2-bit
+        weight grid (+-b1 +-b2) has no 0. The basis is a buffer, so no Parameter leaves the graph."""
+        return x
+
     def quantize(self, x):
         self.check_channels(x)
         flat = self.rows(x.detach()).to(self.basis.dtype)

@@ -85,6 +85,13 @@ def sync_mean(tensor):
     return tensor
 
 
+def informative(x):
+    """False when `x` is all zero on every DDP rank (so it says nothing about a range); a collective
+    call under DDP, like the estimate it guards."""
+    peak = x.detach().abs().amax().float() if x.numel() else x.new_zeros((), dtype=torch.float32)
+    return bool(sync_mean(peak) > 0)
+
+
 class Quantizer(nn.Module):
     """A fake quantizer: `forward(x)` returns x rounded to `levels` values, same shape/dtype/device.
 
@@ -211,6 +218,11 @@ class LearnedRangeQuantizer(Quantizer):
     `estimate(x, calibrate=False)` (the method's initialization rule). While `calibrating`, every
     batch calls `estimate(x, calibrate=True)` and the tensors in `range_tensors()` become the running
     mean over the calibration batches. Subclasses implement `estimate`, `range_tensors`, `quantize`.
+
+    An all-zero tensor (on every DDP rank) carries no range: it neither initializes nor counts as a
+    calibration batch; it goes through `passthrough` (0 is on every grid) and the first non-zero
+    tensor initializes. (A ReLU after a layer whose first quantized outputs are all negative feeds
+    such tensors; a step estimated from them is ~1e-10 and the first gradient drives it below 0.)
     """
 
     def __init__(self, role, bits, levels=0, per_channel=False, num_channels=1):
@@ -219,12 +231,19 @@ class LearnedRangeQuantizer(Quantizer):
         self._known_initialized = False  # host-side mirror: avoids a device sync per forward
 
     def forward(self, x):
-        if self.calibrating:
+        if self.calibrating or (self.training and not self.is_initialized()):
+            if not informative(x):
+                return self.passthrough(x)
             with torch.no_grad():
-                self._calibrate(x.detach())
-        elif self.training and not self.is_initialized():
-            with torch.no_grad():
-                self._assign(self.estimate(x.detach(), calibrate=False), weight=1.0)
+                if self.calibrating:
+                    self._calibrate(x.detach())
+                else:
+                    self._assign(self.estimate(x.detach(), calibrate=False), weight=1.0)
+        return self.quantize(x)
+
+    def passthrough(self, x):
+        """The output for an all-zero `x` that must not set the range: `quantize(x)` (exactly 0, and
+        the range Parameters stay in the autograd graph, as DDP expects every step)."""
         return self.quantize(x)
 
     def is_initialized(self):

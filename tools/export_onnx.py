@@ -76,9 +76,12 @@ def main(argv=None):
                                            load_detector)
     from quant_det.export.onnx_graph import count_ops
     from quant_det.export.prepare import LOG_COLUMNS
+    from quant_det.quantizers import require_initialized
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
     cfg, model = load_detector(args.config_file, args.weights, args.opts)
+    if cfg.MODEL.WEIGHTS:  # without weights: a smoke export of the random model, ranges unset
+        require_initialized(model, cfg.MODEL.WEIGHTS)
     output = args.output or os.path.join(cfg.OUTPUT_DIR, "model.onnx")
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     try:

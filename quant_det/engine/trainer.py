@@ -27,7 +27,7 @@ from detectron2.utils import comm
 from .. import modeling  # noqa: F401  (registers FCOS and the FPN-BN backbone)
 from ..checkpoint import QuantDetCheckpointer
 from ..convert import QuantizationSpec, apply_quantization
-from ..quantizers import Quantizer
+from ..quantizers import Quantizer, require_initialized, uninitialized_quantizers
 from .calibrate import calibrate as calibrate_model, reestimate_bn
 from .distill import attach_distillation
 from .distributed import cpu_sync_batchnorm
@@ -168,6 +168,10 @@ class Trainer(DefaultTrainer):
         with TEST.EXPECTED_RESULTS). A NaN/inf loss error also names the last good checkpoint."""
         try:
             super().train()
+            never = uninitialized_quantizers(self.model)
+            if never:
+                logger.warning(f"{len(never)} learned quantizer(s) saw only all-zero inputs in training "
+                               f"and keep placeholder ranges: {', '.join(never[:5])}")
             return getattr(self, "_last_eval_results", None)
         except FloatingPointError as e:
             if isinstance(e, TrainingDivergedError):
@@ -183,6 +187,7 @@ class Trainer(DefaultTrainer):
         saved), evaluate; return the results."""
         model = cls.build_model(cfg, spec)
         build_checkpointer(cfg, model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
+        require_initialized(model, cfg.MODEL.WEIGHTS)
         if spec.bn_reestimate_iters > 0:
             cls.reestimate_bn_statistics(cfg, model, spec.bn_reestimate_iters)
         return cls.test(cfg, model)

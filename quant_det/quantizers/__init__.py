@@ -8,7 +8,9 @@ Methods: none, dorefa, pact (act), lsq, lqnet, xnor (weight), ternary (weight); 
 # Importing a file registers its methods; this order is the order error messages list them in.
 from . import none, dorefa, pact, lsq, lqnet, binary  # noqa: F401,I001
 from .registry import (FLOAT_BITS, QUANTIZERS, LearnedRangeQuantizer, Quantizer, build_quantizer, check_bits,
-                       methods_for, resolve_levels, set_calibration)
+                       methods_for, require_initialized, resolve_levels, set_calibration,
+                       uninitialized_quantizers)
 
 __all__ = ["FLOAT_BITS", "QUANTIZERS", "LearnedRangeQuantizer", "Quantizer", "build_quantizer", "check_bits",
-           "methods_for", "resolve_levels", "set_calibration"]
+           "methods_for", "require_initialized", "resolve_levels", "set_calibration",
+           "uninitialized_quantizers"]

@@ -282,6 +282,24 @@ class LearnedRangeQuantizer(Quantizer):
         raise NotImplementedError
 
 
+def uninitialized_quantizers(module):
+    """Names of the LearnedRangeQuantizers in `module` whose range no data or checkpoint has set
+    (they would quantize with placeholder ranges, e.g. an LSQ step of 1)."""
+    return [name for name, m in module.named_modules()
+            if isinstance(m, LearnedRangeQuantizer) and not m.is_initialized()]
+
+
+def require_initialized(module, weights):
+    """ValueError naming `weights` and the first quantizers if any learned range is unset."""
+    names = uninitialized_quantizers(module)
+    if names:
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        raise ValueError(f"MODEL.WEIGHTS={weights!r} sets no range for {len(names)} learned quantizer(s) "
+                         f"({shown}): evaluating or exporting would use placeholder ranges. Pass a "
+                         "checkpoint trained or calibrated with this MODEL.QUANTIZATION, or calibrate "
+                         "it first (MODEL.QUANTIZATION.MODE calibrate)")
+
+
 def build_quantizer(method, role, bits, levels=0, per_channel=False, num_channels=1):
     """Return the `Quantizer` for `method` and `role` ("weight" | "act").
 

@@ -57,3 +57,21 @@ def test_zero_batches_do_not_count_in_calibration():
         only_data(data)
     set_calibration(only_data, False)
     torch.testing.assert_close(calibrated.step, only_data.step)
+
+
+def test_require_initialized_names_the_unset_quantizers():
+    from torch import nn
+
+    from quant_det.quantizers import require_initialized, uninitialized_quantizers
+
+    model = nn.Sequential(build_quantizer("lsq", "act", 2), build_quantizer("pact", "act", 2),
+                          build_quantizer("dorefa", "weight", 2))  # dorefa: no learned range
+    assert uninitialized_quantizers(model) == ["0", "1"]
+    expected = r"MODEL.WEIGHTS='w.pth' sets no range for 2 learned quantizer\(s\) \(0, 1\)"
+    with pytest.raises(ValueError, match=expected):
+        require_initialized(model, "w.pth")
+    model.train()(torch.zeros(3))  # zeros set nothing
+    assert uninitialized_quantizers(model) == ["0", "1"]
+    model(torch.rand(3) + 0.1)
+    assert uninitialized_quantizers(model) == []
+    require_initialized(model, "w.pth")

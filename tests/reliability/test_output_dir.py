@@ -178,3 +178,17 @@ def test_runner_row_folder_with_only_its_stdout_log_still_starts(tmp_path):
     assert runner.run_status(str(out)) == "partial"  # so the runner passes --resume
     cmd = runner.build_command({"name": "row", "config": "c.yaml"}, str(tmp_path), resume=True)
     assert "--resume" in cmd and cmd[0] == sys.executable
+
+
+def test_eval_only_with_a_checkpoint_without_quantizer_ranges_is_an_error_naming_the_file(run_dir, tmp_path):
+    out, _ = run_dir
+    import torch
+
+    state = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
+    state["model"] = {k: v for k, v in state["model"].items() if "quantizer" not in k}  # a float file
+    weights = tmp_path / "float.pth"
+    torch.save(state, weights)
+    with pytest.raises(ValueError) as info:
+        train_net.main(run_args(tmp_path / "eval", "MODEL.WEIGHTS", weights, flags=["--eval-only"]))
+    assert f"MODEL.WEIGHTS={str(weights)!r} sets no range for" in str(info.value)
+    assert "MODEL.QUANTIZATION.MODE calibrate" in str(info.value)

@@ -15,6 +15,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from conftest import load_train_net
 from quant_det.engine.output_dir import LOCK_FILE, lock_output_dir, prepare_output_dir, unlock_output_dir
@@ -182,8 +183,6 @@ def test_runner_row_folder_with_only_its_stdout_log_still_starts(tmp_path):
 
 def test_eval_only_with_a_checkpoint_without_quantizer_ranges_is_an_error_naming_the_file(run_dir, tmp_path):
     out, _ = run_dir
-    import torch
-
     state = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
     state["model"] = {k: v for k, v in state["model"].items() if "quantizer" not in k}  # a float file
     weights = tmp_path / "float.pth"

@@ -100,14 +100,14 @@ def test_second_run_into_a_locked_output_dir_fails_at_once_naming_the_first_proc
         assert f'"pid": {first.pid}' in (out / LOCK_FILE).read_text()
         before = {n: md5s(out)[n] for n in ("notes.txt", "config.yaml")}
         started = time.monotonic()
-        second = subprocess.run(train_command(out, "SOLVER.BASE_LR", 0.0123, resume=True), env=env,
+        second = subprocess.run(train_command(out, "SOLVER.BASE_LR", 0.01234567, resume=True), env=env,
                                 capture_output=True, text=True, timeout=180)
         assert second.returncode != 0
         assert f"OUTPUT_DIR {str(out)!r} is in use by another run: process {first.pid}" in second.stderr
         assert time.monotonic() - started < 120  # it did not wait for the first run
         assert first.poll() is None  # and the first run goes on
         assert {n: md5s(out)[n] for n in before} == before
-        assert "0.0123" not in (out / "log.txt").read_text()  # the second run logged nothing there
+        assert "0.01234567" not in (out / "log.txt").read_text()  # 8 digits: no logged metric has them
     finally:
         first.kill()
         first.wait()
